@@ -1,0 +1,105 @@
+"""Command line: `xcpimg <command> ...`.
+
+Each subcommand lives in the module that owns its concern; that module exposes
+``add_arguments(parser)`` and ``command(args) -> int``. This file only wires
+them together, sets up logging and turns errors into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from . import __version__
+from .errors import XcpimgError
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "layers": ("xcpimg.layers", "print the resolved layer search path"),
+    "iso": ("xcpimg.iso.build", "build an installation ISO (create-iso.sh)"),
+    "installimg": ("xcpimg.installimg", "build install.img (create-installimg.sh)"),
+    "mirror": ("xcpimg.mirror", "mirror XCP-ng yum repositories (mirror-repos.sh)"),
+    "boot": ("xcpimg.qemu", "boot an ISO in QEMU and report the stages reached"),
+    "probe-initrd": ("xcpimg.probe", "write the probe initrd used as a stand-in install.img"),
+    "fixture-repo": ("xcpimg.fixture_repo", "build the embedded fixture repository"),
+    "sample-sign": ("xcpimg.sign", "sample sign script: sign an ISO tree's repodata with gpg"),
+    "demo": ("xcpimg.demo", "build the fixture repository, an ISO from it, and boot it"),
+}
+
+log = logging.getLogger("xcpimg")
+
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+    """Turn the original's ``--srcurl:LAYER URL`` into ``--srcurl-layer LAYER=URL``."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--srcurl:"):
+            layer, eq, url = arg[len("--srcurl:"):].partition("=")
+            if not eq:
+                url = next(it, "")
+            out += ["--srcurl-layer", f"{layer}={url}"]
+        else:
+            out.append(arg)
+    return out
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="xcpimg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"xcpimg {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    handlers: dict[str, object] = {}
+    for name, (modname, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and modname.startswith(exc.name):
+                continue  # command not implemented in this checkout
+            raise
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().splitlines()[0])
+        p.add_argument("-v", "--verbose", action="store_true", help="show every external command run")
+        mod.add_arguments(p)
+        handlers[name] = mod.command
+    return parser, handlers
+
+
+def _sigterm(_signo: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s" if not verbose else "%(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    parser, handlers = build_parser()
+    args = parser.parse_args(args_in)
+    if not args.cmd:
+        parser.print_help(sys.stderr)
+        return 2
+    debug = bool(getattr(args, "verbose", False) or os.environ.get("XCPIMG_DEBUG"))
+    setup_logging(debug)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return int(handlers[args.cmd](args) or 0)  # type: ignore[operator]
+    except XcpimgError as exc:
+        if debug:
+            log.exception("xcpimg %s failed", args.cmd)
+        print(f"xcpimg {args.cmd}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"xcpimg {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""dnf, isolated: downloads and installroot installs from the layers' repositories.
+
+dnf runs with configuration rendered from the layers (``yumdl.conf.tmpl`` for
+downloads, ``yum.conf.tmpl`` for installs), its own repos dir, cache, log and
+persist dirs, and an empty plugin-config and vars dir: nothing of the host's
+dnf/yum state is read or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import BuildError, ToolError
+from .layers import Layers
+from .render import render_file
+from .repos import RepoConfig, write_repo_files
+from .run import run
+
+log = logging.getLogger("xcpimg.dnf")
+
+_MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
+
+
+class Dnf:
+    """dnf bound to one layer search path and repo configuration, working in *workdir*."""
+
+    def __init__(self, layers: Layers, cfg: RepoConfig, workdir: Path, cachedir: Path | None = None):
+        self.layers = layers
+        self.cfg = cfg
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.dirs = {name: workdir / name for name in ("repos.d", "log", "persist", "empty", "dlroot")}
+        for d in self.dirs.values():
+            d.mkdir(exist_ok=True)
+        self.cachedir = cachedir or workdir / "cache"
+        self.cachedir.mkdir(parents=True, exist_ok=True)
+        self.variables = {
+            "arch": cfg.arch, "dist": layers.dist, "reposdir": self.dirs["repos.d"],
+            "cachedir": self.cachedir, "logdir": self.dirs["log"], "persistdir": self.dirs["persist"],
+            "enable_plugins": 1, "gpgcheck": int(cfg.gpgcheck),
+        }
+        self.repo_ids = write_repo_files(layers, cfg, self.dirs["repos.d"])
+        if not self.repo_ids:
+            raise BuildError(f"layers {':'.join(layers.names)} define no repository")
+
+    def _config(self, template: str) -> Path:
+        conf = self.workdir / template.removesuffix(".tmpl")
+        if not conf.exists():
+            conf.write_text(render_file(self.layers.find(template), self.variables))
+        return conf
+
+    def _argv(self, template: str, installroot: Path) -> list[str]:
+        argv = ["dnf", "-y", f"--config={self._config(template)}", f"--releasever={self.layers.dist}",
+                f"--installroot={installroot}", f"--forcearch={self.cfg.arch}"]
+        for key in ("reposdir", "cachedir", "logdir", "persistdir"):
+            argv.append(f"--setopt={key}={self.variables[key]}")
+        argv += [f"--setopt=varsdir={self.dirs['empty']}", f"--setopt=pluginconfpath={self.dirs['empty']}",
+                 "--setopt=skip_if_unavailable=False"]
+        if not self.cfg.gpgcheck:
+            argv.append("--nogpgcheck")
+        return argv
+
+    def _run(self, argv: Sequence[str], what: str) -> str:
+        try:
+            proc = run(argv, what=what)
+        except ToolError as exc:
+            missing = _MISSING_RE.findall(exc.stderr_tail)
+            if missing:
+                raise BuildError(f"{what}: package {missing[0]} is not in the repositories "
+                                 f"({', '.join(self.repo_ids)})") from None
+            raise
+        return proc.stdout.decode(errors="replace")
+
+    def makecache(self) -> None:
+        """Fetch every repo's metadata (fails early on an unreachable or empty repo)."""
+        self._run([*self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), "makecache"],
+                  "read repository metadata")
+
+    def download(self, names: Iterable[str], dest: Path, resolve: bool = False) -> list[Path]:
+        """Download *names* (and with *resolve* their dependency closure) into *dest*."""
+        names = list(names)
+        dest.mkdir(parents=True, exist_ok=True)
+        before = set(dest.glob("*.rpm"))
+        argv = [*self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), "download", f"--destdir={dest}"]
+        if resolve:
+            argv.append("--resolve")
+        self._run([*argv, *names], f"download {' '.join(names)}")
+        got = sorted(set(dest.glob("*.rpm")) - before)
+        log.info("downloaded %d package(s) into %s", len(got), dest)
+        return got
+
+    def install(self, root: Path, names: Iterable[str]) -> None:
+        """Install *names* into the root tree *root* (``dnf --installroot``)."""
+        names = list(names)
+        argv = [*self._argv("yum.conf.tmpl", root), "install", "--setopt=install_weak_deps=False"]
+        self._run([*argv, *names], f"install {len(names)} package(s) into {root}")

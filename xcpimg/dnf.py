@@ -58,7 +58,9 @@ class Dnf:
         for key in ("reposdir", "cachedir", "logdir", "persistdir"):
             argv.append(f"--setopt={key}={self.variables[key]}")
         argv += [f"--setopt=varsdir={self.dirs['empty']}", f"--setopt=pluginconfpath={self.dirs['empty']}",
-                 "--setopt=skip_if_unavailable=False"]
+                 "--setopt=skip_if_unavailable=False",
+                 # only the download plugin: others (completion cache...) write host state
+                 "--disableplugin=*", "--enableplugin=download"]
         if not self.cfg.gpgcheck:
             argv.append("--nogpgcheck")
         return argv

@@ -1,10 +1,251 @@
-"""pytest plugin: options, markers and session fixtures for the build-and-boot matrix."""
+"""pytest plugin: options, markers, session fixtures and the build-and-boot matrix.
+
+Build steps are session fixtures; each parametrized configuration builds one
+ISO, which the boot tests start under BIOS and UEFI from CD and USB. Builds are
+shared between xdist workers through a file lock on a directory above
+``tmp_path_factory.getbasetemp()``, so ``pytest -n auto`` builds nothing twice.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
+from filelock import FileLock
+
+DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
+BOOT_MODES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
+EXPENSIVE_CONFIGS = ("8.2:updates", "8.3:testing")
+EXPENSIVE_BOOT_MODES = ("bios-cd", "uefi-usb")
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    """One ISO of the matrix: a layer spec, optionally as netinstall media."""
+
+    spec: str
+    netinstall: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> MatrixConfig:
+        spec, _, flavour = text.partition("@")
+        if flavour not in ("", "netinstall"):
+            raise pytest.UsageError(f"--xcp-config {text!r}: unknown flavour {flavour!r} (only @netinstall)")
+        return cls(spec, flavour == "netinstall")
+
+    @property
+    def dist(self) -> str:
+        return self.spec.split(":")[0]
+
+    @property
+    def label(self) -> str:
+        return self.spec + ("@netinstall" if self.netinstall else "")
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(":", "_").replace("@", "-").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """Where the matrix takes its packages: the fixture repository or a real mirror."""
+
+    root: str
+    layout: str  # "major" (<root>/8/8.3/...) or "flat" (<root>/8.3/..., as mirror-repos lays it out)
+    gpgkey: str | None
+    linstor_root: str | None = None
+
+    def srcurl(self, dist: str) -> str:
+        major, minor = dist.split(".")[:2]
+        return f"{self.root}/{major}/{major}.{minor}" if self.layout == "major" else f"{self.root}/{dist}"
+
+    def repo_config(self, dist: str) -> object:
+        from .repos import RepoConfig
+        layer_urls = {}
+        if self.linstor_root:
+            layer_urls["linstor"] = f"{self.linstor_root}/{dist.split('.')[0]}/{dist}"
+        return RepoConfig(srcurl=self.srcurl(dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey)
+
+
+def detect_layout(root: str, dist: str = "8.3") -> str:
+    """Tell ``<root>/8/8.3/...`` (updates.xcp-ng.org, fixture) from ``<root>/8.3/...`` (mirror-repos)."""
+    from urllib.parse import urlparse
+    major = dist.split(".")[0]
+    probe = f"base/x86_64/repodata/repomd.xml"
+    url = urlparse(root)
+    if url.scheme in ("", "file"):
+        base = Path(url.path)
+        if (base / major / dist / probe).is_file():
+            return "major"
+        if (base / dist / probe).is_file():
+            return "flat"
+        raise pytest.UsageError(f"--repo-root {root}: neither {major}/{dist}/{probe} nor {dist}/{probe} exists")
+    import requests
+    for layout, path in (("major", f"{major}/{dist}/{probe}"), ("flat", f"{dist}/{probe}")):
+        try:
+            if requests.head(f"{root.rstrip('/')}/{path}", timeout=20).ok:
+                return layout
+        except requests.RequestException:
+            pass
+    raise pytest.UsageError(f"--repo-root {root}: no {dist} base repository found in either layout")
+
+
+# ---------------------------------------------------------------- options and markers
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("xcpimg", "XCP-ng media build-and-boot matrix")
+    group.addoption("--repo-root", default=os.environ.get("XCPTEST_REPOROOT"), metavar="URL",
+                    help="root of an XCP-ng repository tree (env XCPTEST_REPOROOT; "
+                         "default: the embedded fixture repository)")
+    group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall]",
+                    help=f"layer spec to build and boot (repeatable; default {' '.join(DEFAULT_CONFIGS)})")
+    group.addoption("--boot-modes", default=",".join(BOOT_MODES), metavar="MODES",
+                    help=f"comma-separated boot modes (default {','.join(BOOT_MODES)})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "expensive: builds install.img (needs root, slow)")
     config.addinivalue_line("markers", "boot: boots media in QEMU")
+
+
+def _configs(config: pytest.Config) -> list[MatrixConfig]:
+    return [MatrixConfig.parse(c) for c in (config.getoption("xcp_config") or DEFAULT_CONFIGS)]
+
+
+def _boot_modes(config: pytest.Config) -> list[str]:
+    modes = [m.strip() for m in config.getoption("boot_modes").split(",") if m.strip()]
+    bad = [m for m in modes if m not in BOOT_MODES]
+    if bad:
+        raise pytest.UsageError(f"--boot-modes: unknown mode {bad[0]!r} (known: {', '.join(BOOT_MODES)})")
+    return modes
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``xcp_config`` and ``boot_mode`` over the matrix."""
+    expensive = metafunc.definition.get_closest_marker("expensive") is not None
+    if "xcp_config" in metafunc.fixturenames:
+        configs = _configs(metafunc.config)
+        if expensive:
+            wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]
+            configs = [c for c in configs if c in wanted] or wanted
+        metafunc.parametrize("xcp_config", configs, ids=[c.label for c in configs], scope="session")
+    if "boot_mode" in metafunc.fixturenames:
+        modes = _boot_modes(metafunc.config)
+        if expensive:
+            modes = [m for m in modes if m in EXPENSIVE_BOOT_MODES]
+        metafunc.parametrize("boot_mode", modes)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep one configuration's tests on one xdist worker (with --dist loadgroup)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec and "xcp_config" in callspec.params:
+            item.add_marker(pytest.mark.xdist_group(callspec.params["xcp_config"].slug))
+
+
+# ---------------------------------------------------------------- shared builds
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory all xdist workers of this run share (the parent of the workers' base temps)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "xcpimg-shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def shared_build(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """Build *name* once per test run, whatever the number of xdist workers.
+
+    *build* gets a temporary path beside the final one; it is renamed into place
+    when the build succeeds. A failed build is retried by the next worker that asks.
+    """
+    root = shared_dir(tmp_path_factory)
+    final = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not final.exists():
+            tmp = root / f".{name}.tmp"
+            if tmp.exists():
+                from .fsutil import remove_tree
+                remove_tree(tmp)
+            build(tmp)
+            tmp.rename(final)
+    return final
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def repo_source(request: pytest.FixtureRequest) -> RepoSource:
+    """The repository tree the matrix builds from."""
+    from .repos import as_url
+    root = request.config.getoption("repo_root")
+    if root:
+        url = as_url(root)
+        return RepoSource(root=url, layout=detect_layout(url), gpgkey=None)
+    from .fixture_repo import ensure_fixture_repo
+    repo = ensure_fixture_repo()
+    return RepoSource(root=repo.root.as_uri(), layout="major", gpgkey=repo.gpgkey_url,
+                      linstor_root=(repo.root / "linstor").as_uri())
+
+
+@pytest.fixture(scope="session")
+def probe_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The probe initrd: the cheap tier's stand-in for install.img."""
+    from .probe import build_probe_initrd
+    return shared_build(tmp_path_factory, "probe-initrd.img", build_probe_initrd)
+
+
+@pytest.fixture(scope="session")
+def xcp_iso(xcp_config: MatrixConfig, repo_source: RepoSource, probe_initrd: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ISO of one matrix configuration, built once (with the probe initrd as install.img)."""
+    return build_matrix_iso(xcp_config, repo_source, probe_initrd, tmp_path_factory, "probe")
+
+
+def build_matrix_iso(cfg: MatrixConfig, source: RepoSource, install_img: Path,
+                     tmp_path_factory: pytest.TempPathFactory, flavour: str) -> Path:
+    from .iso.build import IsoOptions, build_iso
+    from .layers import resolve
+
+    def build(out: Path) -> None:
+        volid = f"XCPNG_{cfg.dist.replace('.', '')}_{'NET' if cfg.netinstall else 'FULL'}"
+        build_iso(IsoOptions(layers=resolve(cfg.spec), install_img=install_img, output=out, volid=volid,
+                             repo_config=source.repo_config(cfg.dist),  # type: ignore[arg-type]
+                             netinstall=cfg.netinstall, force=True))
+    return shared_build(tmp_path_factory, f"{cfg.slug}-{flavour}.iso", build)
+
+
+def expected_cmdline_words(cfg: MatrixConfig) -> list[str]:
+    """Words the installer's /proc/cmdline must hold for *cfg*."""
+    from .iso.build import installer_bootargs
+    from .layers import resolve
+    words = ["netinstall" if cfg.netinstall else "no-repo-gpgcheck"]
+    return words + installer_bootargs(resolve(cfg.spec)).split()
+
+
+@pytest.fixture(scope="session")
+def boot_logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where serial logs, QEMU stderr and screendumps of failed boots are kept."""
+    path = shared_dir(tmp_path_factory) / "boot-logs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str) -> None:
+    """Boot *iso* in *mode* to the init stage and check the installer's command line."""
+    from .errors import BootError
+    from .qemu import boot
+    firmware, media = mode.split("-")
+    where = logdir / f"{label}-{mode}"
+    try:
+        result = boot(iso, firmware=firmware, media=media, until="init", logdir=where)
+    except BootError as exc:
+        pytest.fail(f"{cfg.label} {mode}: {exc}\n(logs, QEMU command line and screendump in {where})",
+                    pytrace=False)
+    missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
+    assert not missing, f"{cfg.label} {mode}: /proc/cmdline {result.cmdline!r} lacks {missing}"

@@ -21,6 +21,9 @@ from .run import run
 
 log = logging.getLogger("xcpimg.dnf")
 
+#: where the rpm database lives inside an installroot (as on XCP-ng hosts)
+RPMDB_PATH = "/var/lib/rpm"
+
 _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
 
 
@@ -32,9 +35,11 @@ class Dnf:
         self.cfg = cfg
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.dirs = {name: workdir / name for name in ("repos.d", "log", "persist", "empty", "dlroot")}
+        self.dirs = {name: workdir / name for name in ("repos.d", "log", "persist", "empty", "dlroot", "home")}
         for d in self.dirs.values():
             d.mkdir(exist_ok=True)
+        # Debian's rpm keeps its database in ~/.rpmdb; an installroot needs the standard place
+        (self.dirs["home"] / ".rpmmacros").write_text(f"%_dbpath {RPMDB_PATH}\n")
         self.cachedir = cachedir or workdir / "cache"
         self.cachedir.mkdir(parents=True, exist_ok=True)
         self.variables = {
@@ -67,7 +72,7 @@ class Dnf:
 
     def _run(self, argv: Sequence[str], what: str) -> str:
         try:
-            proc = run(argv, what=what)
+            proc = run(argv, what=what, env={"HOME": str(self.dirs["home"])})
         except ToolError as exc:
             missing = _MISSING_RE.findall(exc.stderr_tail)
             if missing:

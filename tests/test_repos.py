@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,14 @@ def test_dnf_unreachable_repo(tmp_path: Path) -> None:
     dnf = Dnf(resolve("8.3"), RepoConfig(srcurl=(tmp_path / "nothing").as_uri(), gpgcheck=False), tmp_path / "w")
     with pytest.raises(Exception, match="xcpng-base|repomd|metadata"):
         dnf.download(["app"], tmp_path / "d")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dnf --installroot needs root")
+def test_dnf_install_into_root(tiny_repo: Path, tmp_path: Path) -> None:
+    dnf = Dnf(resolve("8.3"), RepoConfig(srcurl=tiny_repo.as_uri(), gpgcheck=False), tmp_path / "w")
+    root = tmp_path / "root"
+    dnf.install(root, ["app"])
+    assert (root / "usr/bin/app").read_bytes() == b"app"
+    assert (root / "usr/lib/lib.so").read_bytes() == b"v2"
+    assert any((root / "var/lib/rpm").iterdir()), "rpm database not at /var/lib/rpm"
+    assert not (root / "root/.rpmdb").exists()

@@ -1,0 +1,690 @@
+"""Build the embedded fixture repository: an XCP-ng-shaped, signed yum tree.
+
+The packages are described as data in ``fixtures/`` (``repo.toml``, ``packages.toml``);
+boot packages carry real bytes from Debian packages (fetched, never installed), the
+rest are small stubs. RPMs are made by ``rpmbuild`` (one spec per repository, every
+package a sub-package), signed with the fixture key by ``rpmsign`` and indexed by
+``createrepo_c``. Layout::
+
+    ROOT/RPM-GPG-KEY-xcpimg-fixture
+    ROOT/8/<ver>/<repo>/x86_64/{Packages,repodata}
+    ROOT/8/<ver>/<repo>/Source/{SPackages,repodata}
+    ROOT/linstor/8/<ver>/linstor/x86_64/{Packages,repodata}
+
+The tree is built once into ``<cache>/fixture-repo/<hash>``, where the hash covers
+``fixtures/``, this module, the install.img package lists and the Debian versions used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from . import debs
+from .errors import BuildError, ConfigError, ToolError, UsageError
+from .fsutil import private_tempdir, remove_tree
+from .run import build_epoch, output, run
+
+log = logging.getLogger("xcpimg.fixture_repo")
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+FIXTURES = CHECKOUT / "fixtures"
+ARCH = "x86_64"
+MANIFEST = "FIXTURE-MANIFEST.json"
+_VAR_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)@")
+
+
+# ------------------------------------------------------------------------------------------ result
+
+
+@dataclass(frozen=True)
+class FixtureRepo:
+    """A built fixture repository."""
+
+    root: Path
+    versions: tuple[str, ...] = ("8.2", "8.3")
+    key_name: str = "RPM-GPG-KEY-xcpimg-fixture"
+
+    def srcurl(self, ver: str) -> str:
+        """Source URL of version *ver* (``file://ROOT/8/<ver>``), for ``--srcurl``."""
+        return (self.root / ver.split(".")[0] / ver).as_uri()
+
+    def linstor_srcurl(self, ver: str) -> str:
+        """Source URL of the linstor repo of *ver*, for ``--srcurl:linstor``."""
+        return (self.root / "linstor" / ver.split(".")[0] / ver).as_uri()
+
+    @property
+    def gpgkey_path(self) -> Path:
+        return self.root / self.key_name
+
+    @property
+    def gpgkey_url(self) -> str:
+        return self.gpgkey_path.as_uri()
+
+    def repo_dir(self, ver: str, repo: str) -> Path:
+        """``ROOT/8/<ver>/<repo>/x86_64`` (linstor: under ``ROOT/linstor``)."""
+        top = self.root / "linstor" if repo == "linstor" else self.root
+        return top / ver.split(".")[0] / ver / repo / ARCH
+
+    def manifest(self) -> dict[str, Any]:
+        """``{ver: {repo: {name: "version-release.arch"}}}`` as built."""
+        return json.loads((self.root / MANIFEST).read_text())["packages"]
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One entry of a package: where it goes and where its bytes come from."""
+
+    path: str
+    kind: str  # text, file, deb, tree, symlink, generate, dir
+    source: str = ""  # text, fixture file, deb alias, symlink target, generator name
+    pattern: str = ""  # glob in the unpacked deb (deb, tree)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class Package:
+    """One binary RPM to build."""
+
+    name: str
+    version: str
+    release: str  # without the dist tag
+    dist: str
+    arch: str
+    summary: str
+    repo: str
+    requires: tuple[str, ...] = ()
+    files: tuple[FileSpec, ...] = ()
+    vars: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def full_release(self) -> str:
+        return f"{self.release}.{self.dist}"
+
+    @property
+    def evr_arch(self) -> str:
+        return f"{self.version}-{self.full_release}.{self.arch}"
+
+
+@dataclass
+class Fixtures:
+    """The parsed ``fixtures/`` directory."""
+
+    dir: Path
+    repo: dict[str, Any]
+    packages: list[dict[str, Any]]
+    newer: list[dict[str, Any]]
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return tuple(sorted(self.repo["version"]))
+
+    @property
+    def repos(self) -> list[str]:
+        return list(self.repo["repo"]["repos"])
+
+    @property
+    def apart(self) -> list[str]:
+        return list(self.repo["repo"].get("apart", []))
+
+
+def load_fixtures(directory: Path = FIXTURES) -> Fixtures:
+    """Read ``repo.toml`` and ``packages.toml`` of *directory*."""
+    try:
+        repo = tomllib.loads((directory / "repo.toml").read_text())
+        pkgs = tomllib.loads((directory / "packages.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the fixture definitions in {directory}: {exc}") from None
+    return Fixtures(directory, repo, pkgs.get("package", []), pkgs.get("newer", []))
+
+
+def _subst(text: str, variables: Mapping[str, str]) -> str:
+    """Replace the ``@name@`` of known *variables* (repeatedly: values may refer to others)."""
+    for _ in range(8):
+        new = _VAR_RE.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
+        if new == text:
+            return new
+        text = new
+    return text
+
+
+def _pick(value: Any, ver: str, versions: tuple[str, ...]) -> Any:
+    """*value*, or its entry for *ver* when it is given per version."""
+    if isinstance(value, dict) and value and set(value) <= set(versions):
+        return value.get(ver)
+    return value
+
+
+def read_package_list(path: Path) -> list[str]:
+    """Package names of a ``packages.lst`` (one per line, ``#`` comments)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read package list {path}: {exc.strerror}") from None
+    return [name for line in lines if (name := line.split("#", 1)[0].strip())]
+
+
+def _file_specs(entries: list[dict[str, Any]], variables: Mapping[str, str], where: str) -> list[FileSpec]:
+    specs: list[FileSpec] = []
+    for entry in entries:
+        mode = int(entry["mode"], 8) if "mode" in entry else None
+        if "links_to" in entry:
+            target = _subst(entry["links_to"], variables)
+            for path in entry["paths"]:
+                path = _subst(path, variables)
+                rel = os.path.relpath(target, os.path.dirname(path))
+                specs.append(FileSpec(path, "symlink", rel))
+            continue
+        path = _subst(entry["path"], variables)
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ConfigError(f"{where}: file path {path!r} must be absolute, without '..'")
+        if "text" in entry:
+            specs.append(FileSpec(path, "text", _subst(entry["text"].lstrip("\n"), variables), mode=mode))
+        elif "file" in entry:
+            specs.append(FileSpec(path, "file", entry["file"], mode=mode))
+        elif "deb" in entry and "glob" in entry:
+            specs.append(FileSpec(path, "deb", entry["deb"], entry["glob"], mode=mode))
+        elif "deb" in entry and "tree" in entry:
+            specs.append(FileSpec(path, "tree", entry["deb"], entry["tree"],
+                                  tuple(entry.get("include", ())), tuple(entry.get("exclude", ())), mode))
+        elif "symlink" in entry:
+            specs.append(FileSpec(path, "symlink", _subst(entry["symlink"], variables)))
+        elif "generate" in entry:
+            specs.append(FileSpec(path, "generate", entry["generate"], mode=mode))
+        elif entry.get("dir"):
+            specs.append(FileSpec(path, "dir", mode=mode))
+        else:
+            raise ConfigError(f"{where}: file entry {entry!r} has no byte source")
+    return specs
+
+
+def plan(fx: Fixtures, ver: str, listed: list[str]) -> dict[str, list[Package]]:
+    """The packages of version *ver*, by repository: every name of *listed*, the defined
+    packages, stubs for every other name a Requires mentions, and the newer releases."""
+    versions = fx.versions
+    settings = fx.repo["repo"]
+    dist = fx.repo["version"][ver]["dist"]
+    defs: dict[str, dict[str, Any]] = {}
+    for d in fx.packages:
+        if ver in d.get("only", versions):
+            if d["name"] in defs:
+                raise ConfigError(f"fixtures: package {d['name']} defined twice for {ver}")
+            defs[d["name"]] = d
+
+    def make(name: str, newer_release: str | None = None) -> Package:
+        d = defs.get(name, {"name": name, "stub": True})
+        where = f"fixtures: package {name} ({ver})"
+        raw_vars = {k: str(_pick(v, ver, versions)) for k, v in d.get("vars", {}).items()}
+        base = {"ver": ver, "dist": dist, "name": name, **raw_vars}
+        version = _subst(str(_pick(d.get("version", settings["stub_version"]), ver, versions)), base)
+        release = newer_release or _subst(str(_pick(d.get("release", settings["stub_release"]), ver,
+                                                     versions)), base)
+        variables = {**base, "version": version, "release": release}
+        variables = {k: _subst(v, variables) for k, v in variables.items()}
+        entries = _pick(d.get("files"), ver, versions)
+        if entries is None and not d.get("stub"):
+            raise ConfigError(f"{where}: no files (use files = [] for none, or stub = true)")
+        files = _file_specs(list(entries or []), variables, where)
+        if d.get("stub"):
+            files.insert(0, FileSpec(f"/usr/share/xcpimg-fixture/{name}", "text",
+                                     f"{name} {version}-{release}: a stub package of the xcpimg "
+                                     "fixture repository.\n"))
+        return Package(name=name, version=version, release=release, dist=dist,
+                       arch=_pick(d.get("arch", ARCH), ver, versions),
+                       summary=d.get("summary", f"Stub of {name} (xcpimg fixture)"),
+                       repo=d.get("repo", "base"),
+                       requires=tuple(_subst(r, variables) for r in _pick(d.get("requires", []), ver, versions)),
+                       files=tuple(files), vars=variables)
+
+    pkgs: dict[str, Package] = {}
+    todo = list(listed) + sorted(defs)
+    while todo:
+        name = todo.pop(0)
+        if name not in pkgs:
+            pkgs[name] = make(name)
+            todo.extend(pkgs[name].requires)
+    by_repo: dict[str, list[Package]] = {r: [] for r in fx.repos + fx.apart}
+    for pkg in pkgs.values():
+        if pkg.repo not in by_repo:
+            raise ConfigError(f"fixtures: package {pkg.name} is in unknown repository {pkg.repo!r}")
+        by_repo[pkg.repo].append(pkg)
+    for n in fx.newer:
+        if ver not in n.get("only", versions):
+            continue
+        if n["name"] not in pkgs or n["repo"] not in by_repo:
+            raise ConfigError(f"fixtures: newer release of {n['name']} in {n['repo']}: unknown package or repo")
+        if pkgs[n["name"]].repo != "base":
+            raise ConfigError(f"fixtures: newer releases are of base packages only ({n['name']})")
+        by_repo[n["repo"]].append(replace(make(n["name"], str(n["release"])), repo=n["repo"]))
+    _check_paths(ver, by_repo)
+    return {r: sorted(p, key=lambda p: p.name) for r, p in by_repo.items()}
+
+
+def _check_paths(ver: str, by_repo: Mapping[str, list[Package]]) -> None:
+    """Two packages of one repository must not ship the same path (rpm would refuse to install both)."""
+    for repo, pkgs in by_repo.items():
+        owner: dict[str, str] = {}
+        for pkg in pkgs:
+            for spec in pkg.files:
+                if spec.kind == "dir":
+                    continue
+                if owner.setdefault(spec.path, pkg.name) != pkg.name:
+                    raise ConfigError(f"fixtures: {spec.path} is in both {owner[spec.path]} and {pkg.name} "
+                                      f"({ver} {repo})")
+
+
+# ------------------------------------------------------------------------------------------ Debian
+
+
+def _apt_fingerprint() -> str:
+    """A cheap digest of apt's state (package lists and configuration): stat data only."""
+    h = hashlib.sha256()
+    for top in (Path("/var/lib/apt/lists"), Path("/etc/apt")):
+        if not top.is_dir():
+            continue
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and "partial" not in path.parts and path.name != "lock":
+                st = path.stat()
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _apt_lookup(aliases: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
+    """alias -> [Debian package, candidate version], asking apt (about 1-2 s)."""
+    names: dict[str, str] = {}
+    for alias, src in sorted(aliases.items()):
+        if "meta" in src:
+            text = output(["apt-cache", "show", "--no-all-versions", src["meta"]], check=False,
+                          what=f"look up Debian package {src['meta']}")
+            deps = re.search(r"^(?:Pre-)?Depends:\s*([^\s,(]+)", text, re.M)
+            if not deps:
+                raise ToolError(f"Debian package {src['meta']} is unknown to apt or has no dependency "
+                                "(run 'apt-get update' first?)", ["apt-cache"])
+            names[alias] = deps.group(1)
+        else:
+            names[alias] = src["package"]
+    text = output(["apt-cache", "policy", *sorted(set(names.values()))], check=False,
+                  what="look up Debian packages")
+    candidates: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+        elif line.strip().startswith("Candidate:") and current:
+            value = line.split(":", 1)[1].strip()
+            if value and value != "(none)":
+                candidates[current] = value
+    result: dict[str, list[str]] = {}
+    for alias, name in sorted(names.items()):
+        if name not in candidates:
+            raise ToolError(f"Debian package {name} is unknown to apt (run 'apt-get update' first?)",
+                            ["apt-cache"])
+        result[alias] = [name, candidates[name]]
+    return result
+
+
+def debian_versions(fx: Fixtures, cache_dir: Path) -> dict[str, list[str]]:
+    """alias -> [Debian package, version] of the boot payload sources.
+
+    apt is asked only when its lists or configuration changed since the last lookup
+    (a stamp in *cache_dir* keyed by their stat data), so a cache hit costs no apt call.
+    """
+    aliases = fx.repo.get("debian", {})
+    key = hashlib.sha256((_apt_fingerprint() + json.dumps(aliases, sort_keys=True)).encode()).hexdigest()
+    stamp = cache_dir / "debian-versions.json"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(stamp.read_text())
+        if data.get("key") == key:
+            return dict(data["versions"])
+    versions = _apt_lookup(aliases)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "versions": versions}, sort_keys=True))
+    os.replace(tmp, stamp)
+    return versions
+
+
+# ------------------------------------------------------------------------------------------ cache key
+
+
+def _fixture_hash(fx: Fixtures, lists: Mapping[str, list[str]], deb_versions: Mapping[str, list[str]]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(fx.dir.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(f"{path.relative_to(fx.dir)}\0".encode() + path.read_bytes() + b"\0")
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps({"lists": lists, "debian": deb_versions, "epoch": build_epoch()},
+                        sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def package_lists(fx: Fixtures) -> dict[str, list[str]]:
+    """ver -> the package names of its ``packages.lst`` (from the checkout's configs/)."""
+    return {ver: read_package_list(CHECKOUT / fx.repo["version"][ver]["packages_lst"]) for ver in fx.versions}
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+class _Payloads:
+    """Unpacked Debian packages and generated files, made on first use (thread-safe enough:
+    each version's build asks for them from its own thread, so they are prepared up front)."""
+
+    def __init__(self, fx: Fixtures, work: Path, deb_versions: Mapping[str, list[str]]):
+        self.fx = fx
+        self.work = work
+        self.deb_versions = deb_versions
+        self.unpacked: dict[str, Path] = {}
+        self.generated: dict[str, Path] = {}
+
+    def prepare(self, needed: set[str]) -> None:
+        for alias in sorted(needed):
+            if alias not in self.deb_versions:
+                raise ConfigError(f"fixtures: unknown Debian source {alias!r} (see [debian] in repo.toml)")
+            name, version = self.deb_versions[alias]
+            deb = debs.fetch(name)
+            if f"_{version.replace(':', '%3a')}_" not in deb.name:
+                log.warning("fixture repo: %s: fetched %s, expected version %s", alias, deb.name, version)
+            log.info("fixture repo: unpacking %s", deb.name)
+            self.unpacked[alias] = debs.extract(deb, self.work / "debs" / alias)
+
+    def deb_root(self, alias: str) -> Path:
+        return self.unpacked[alias]
+
+    def generate(self, what: str) -> Path:
+        if what in self.generated:
+            return self.generated[what]
+        if what != "grub-efi-image":
+            raise ConfigError(f"fixtures: unknown generator {what!r}")
+        img = self.fx.repo["grub_image"]
+        moddir = self.deb_root("grub") / "usr/lib/grub" / img["format"]
+        out = self.work / "grubx64.efi"
+        run(["grub-mkimage", "-O", img["format"], "-p", img["prefix"], "-d", moddir, "-o", out,
+             *img["modules"]], what="build the fixture GRUB image")
+        self.generated[what] = out
+        return out
+
+
+def _one_match(root: Path, pattern: str, what: str) -> Path:
+    found = sorted(root.glob(pattern))
+    if len(found) != 1:
+        raise BuildError(f"{what}: {pattern!r} matches {len(found)} paths in the unpacked Debian package "
+                         f"(expected exactly one)")
+    return found[0]
+
+
+def stage(pkg: Package, dest: Path, fx: Fixtures, payloads: _Payloads) -> None:
+    """Write the files of *pkg* under *dest* (a build root)."""
+    what = f"fixture package {pkg.name}"
+    for spec in pkg.files:
+        target = dest / spec.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if spec.kind == "dir":
+            target.mkdir(exist_ok=True)
+        elif spec.kind == "symlink":
+            target.unlink(missing_ok=True)
+            os.symlink(spec.source, target)
+            continue
+        elif spec.kind == "text":
+            target.write_text(spec.source)
+        elif spec.kind == "file":
+            text = (fx.dir / spec.source).read_text()
+            target.write_text(_subst(text, pkg.vars))
+        elif spec.kind == "deb":
+            shutil.copyfile(_one_match(payloads.deb_root(spec.source), spec.pattern, what), target)
+        elif spec.kind == "generate":
+            shutil.copyfile(payloads.generate(spec.source), target)
+        elif spec.kind == "tree":
+            src = _one_match(payloads.deb_root(spec.source), spec.pattern, what)
+            if spec.include:
+                for rel in spec.include:
+                    (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(_one_match(src, rel, what), target / rel)
+            else:
+                shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True,
+                                ignore=lambda d, names: [n for n in names
+                                                         if os.path.relpath(os.path.join(d, n), src)
+                                                         in spec.exclude])
+        else:  # pragma: no cover - _file_specs makes only the kinds above
+            raise BuildError(f"{what}: unknown file kind {spec.kind}")
+        os.chmod(target, spec.mode if spec.mode is not None else (0o755 if target.is_dir() else 0o644))
+
+
+def _rpm_quote(path: str) -> str:
+    if re.search(r'[\[\]*?{}"\\\s]', path):
+        raise ConfigError(f"fixtures: path {path!r} has characters rpm %files would misread")
+    return '"' + path.replace("%", "%%") + '"'
+
+
+def write_spec(repo: str, pkgs: list[Package], settings: Mapping[str, Any]) -> str:
+    """One spec whose sub-packages are *pkgs*; ``%install`` copies the staged payload."""
+    lines = [f"Name: xcpimg-fixture-{repo}", "Version: 1", "Release: 1",
+             f"Summary: xcpimg fixture packages of the {repo} repository",
+             f"License: {settings['license']}", f"Vendor: {settings['vendor']}", "AutoReqProv: no", "",
+             "%description", f"Sources of the xcpimg fixture packages of the {repo} repository.", ""]
+    for p in pkgs:
+        lines += [f"%package -n {p.name}", f"Version: {p.version}", f"Release: {p.full_release}",
+                  f"Summary: {p.summary}", "AutoReqProv: no"]
+        if p.arch == "noarch":
+            lines.append("BuildArch: noarch")
+        lines += [f"Requires: {r}" for r in p.requires]
+        lines += ["", f"%description -n {p.name}", f"{p.summary}.", ""]
+    lines += ["%install", "mkdir -p %{buildroot}", "cp -a %{fixture_payload}/. %{buildroot}/", ""]
+    for p in pkgs:
+        lines += [f"%files -n {p.name}", "%defattr(-,root,root,-)"]
+        trees = [s.path for s in p.files if s.kind == "tree"]
+        for s in p.files:
+            if any(s.path.startswith(t + "/") for t in trees):
+                continue  # inside a directory the package owns whole
+            lines.append(("%dir " if s.kind == "dir" else "") + _rpm_quote(s.path))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _rpmbuild(spec: Path, payload: Path, top: Path, compression: str) -> None:
+    defines = {
+        "_topdir": str(top), "_tmppath": str(top / "tmp"), "_dbpath": str(top / "rpmdb"),
+        "fixture_payload": str(payload), "_binary_payload": compression, "_source_payload": "w9.gzdio",
+        "__os_install_post": "%{nil}", "__arch_install_post": "%{nil}", "debug_package": "%{nil}",
+        "_build_id_links": "none", "_buildhost": "xcpimg-fixture",
+        "use_source_date_epoch_as_buildtime": "1", "clamp_mtime_to_source_date_epoch": "1",
+        "source_date_epoch_from_changelog": "0",
+    }
+    (top / "tmp").mkdir(parents=True, exist_ok=True)
+    argv: list[str | Path] = ["rpmbuild", "-ba", "--nodeps", "--target", ARCH, "--quiet"]
+    for k, v in defines.items():
+        argv += ["--define", f"{k} {v}"]
+    run([*argv, spec], what=f"rpmbuild {spec.name}")
+
+
+def build_version(fx: Fixtures, ver: str, by_repo: Mapping[str, list[Package]], tree: Path, work: Path,
+                  payloads: _Payloads) -> None:
+    """Build every repository of *ver* into *tree* (unsigned, no metadata yet)."""
+    compression = fx.repo["version"][ver]["payload"]
+    major = ver.split(".")[0]
+    for repo, pkgs in by_repo.items():
+        if not pkgs:
+            continue
+        top = (tree / "linstor" if repo in fx.apart else tree) / major / ver / repo
+        bdir = work / f"{ver}-{repo}"
+        payload = bdir / "payload"
+        payload.mkdir(parents=True)
+        for p in pkgs:
+            stage(p, payload, fx, payloads)
+        spec = bdir / f"xcpimg-fixture-{repo}.spec"
+        spec.write_text(write_spec(repo, pkgs, fx.repo["repo"]))
+        log.info("fixture repo: %s %s: rpmbuild of %d packages", ver, repo, len(pkgs))
+        _rpmbuild(spec, payload, bdir / "rpmbuild", compression)
+        (top / ARCH / "Packages").mkdir(parents=True)
+        for rpm in sorted((bdir / "rpmbuild" / "RPMS").glob("*/*.rpm")):
+            os.replace(rpm, top / ARCH / "Packages" / rpm.name)
+        if repo not in fx.apart:
+            (top / "Source" / "SPackages").mkdir(parents=True)
+            for srpm in sorted((bdir / "rpmbuild" / "SRPMS").glob("*.src.rpm")):
+                os.replace(srpm, top / "Source" / "SPackages" / srpm.name)
+        remove_tree(bdir)
+
+
+@contextlib.contextmanager
+def _gnupg_home(fx: Fixtures) -> Iterator[Path]:
+    """A private GNUPGHOME holding the fixture secret key; the agent is stopped and the dir removed."""
+    with private_tempdir(prefix="xcpimg-gpg-", parent=Path("/tmp")) as home:
+        try:
+            run(["gpg", "--homedir", home, "--batch", "--quiet", "--import", fx.dir / fx.repo["key"]["secret"]],
+                what="import the fixture signing key")
+            yield home
+        finally:
+            run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
+
+
+def sign(fx: Fixtures, rpms: list[Path]) -> None:
+    """Sign *rpms* in place with the fixture key (SHA256, signature time pinned)."""
+    key = fx.repo["key"]
+    when = max(build_epoch(), int(key["created"]) + 1)
+    with _gnupg_home(fx) as home:
+        extra = f"--batch --no-tty --faked-system-time {when}! --homedir {home}"
+        argv: list[str | Path] = ["rpmsign", "--addsign", "--define", f"_gpg_name {key['uid']}",
+                                  "--define", f"_gpg_path {home}", "--define", "__gpg /usr/bin/gpg",
+                                  "--define", "_gpg_digest_algo sha256",
+                                  "--define", f"_gpg_sign_cmd_extra_args {extra}"]
+        for start in range(0, len(rpms), 200):
+            run([*argv, *rpms[start:start + 200]], env={"GNUPGHOME": str(home)}, what="sign fixture RPMs")
+
+
+def createrepo(directory: Path, revision: int) -> None:
+    """Index *directory* with createrepo_c, deterministically (pinned revision, timestamps, mtimes)."""
+    for rpm in directory.rglob("*.rpm"):
+        os.utime(rpm, (revision, revision))
+    run(["createrepo_c", "--quiet", "--no-database", "--revision", str(revision),
+         "--set-timestamp-to-revision", "--general-compress-type", "gz", "--workers", "1", directory],
+        what=f"createrepo_c {directory.name}")
+
+
+def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[str]] | None = None,
+               deb_versions: Mapping[str, list[str]] | None = None, work_parent: Path | None = None) -> None:
+    """Build the whole fixture tree into *dest* (which must not exist)."""
+    fx = fx or load_fixtures()
+    lists = lists or package_lists(fx)
+    plans = {ver: plan(fx, ver, lists[ver]) for ver in fx.versions}
+    with private_tempdir(prefix="xcpimg-fixture-work-", parent=work_parent) as work:
+        deb_versions = deb_versions or debian_versions(fx, work)
+        payloads = _Payloads(fx, work, deb_versions)
+        payloads.prepare({s.source for p in plans.values() for ps in p.values() for pkg in ps
+                          for s in pkg.files if s.kind in ("deb", "tree")})
+        if any(s.kind == "generate" for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files):
+            payloads.generate("grub-efi-image")
+        dest.mkdir()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(build_version, fx, ver, plans[ver], dest, work / ver, payloads)
+                    for ver in fx.versions]
+            for job in jobs:
+                job.result()
+    rpms = sorted(dest.rglob("*.rpm"))
+    log.info("fixture repo: signing %d RPMs", len(rpms))
+    sign(fx, rpms)
+    revision = int(fx.repo["repo"]["metadata_revision"])
+    for repodir in sorted({p.parent.parent for p in rpms}):
+        createrepo(repodir, revision)
+    shutil.copyfile(fx.dir / fx.repo["key"]["public"], dest / fx.repo["key"]["public_name"])
+    manifest = {"packages": {ver: {repo: {p.name: p.evr_arch for p in pkgs} for repo, pkgs in plan_.items()}
+                             for ver, plan_ in plans.items()},
+                "debian": dict(deb_versions)}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    epoch = build_epoch()
+    for path in [*sorted(dest.rglob("*")), dest]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def ensure_fixture_repo(cache: Path | None = None) -> FixtureRepo:
+    """The fixture repository, built at most once into ``<cache>/fixture-repo/<hash>``.
+
+    *cache* defaults to :func:`xcpimg.debs.cache_root`. Concurrent callers (xdist workers,
+    several processes) wait on a file lock; one builds, in a temporary directory beside
+    the result that is renamed into place, so a failure leaves nothing behind.
+    """
+    fx = load_fixtures()
+    base = (cache or debs.cache_root()) / "fixture-repo"
+    base.mkdir(parents=True, exist_ok=True)
+    lists = package_lists(fx)
+    deb_versions = debian_versions(fx, base)
+    digest = _fixture_hash(fx, lists, deb_versions)
+    final = base / digest
+    repo = FixtureRepo(final, fx.versions, fx.repo["key"]["public_name"])
+    if (final / MANIFEST).is_file():
+        return repo
+    with FileLock(str(base / f"{digest}.lock")):
+        if (final / MANIFEST).is_file():
+            return repo
+        for stale in base.glob(f".build-{digest}-*"):
+            remove_tree(stale)  # left by a killed build (we hold the lock: nobody else builds)
+        started = time.monotonic()
+        log.info("fixture repo: building %s (once; later calls reuse it)", final)
+        with private_tempdir(prefix=f".build-{digest}-", parent=base) as tmp:
+            build_tree(tmp / "tree", fx, lists, deb_versions, work_parent=tmp)
+            os.rename(tmp / "tree", final)
+        log.info("fixture repo: built in %.0f s", time.monotonic() - started)
+    return repo
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def copy_tree(src: Path, dest: Path, force: bool) -> None:
+    """Copy *src* to *dest* atomically (temp dir beside *dest*, renamed; replaced only with *force*)."""
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
+        if not dest.is_dir() or dest.is_symlink():
+            raise UsageError(f"output {dest} exists and is not a directory")
+    parent = dest.parent
+    if not parent.is_dir():
+        raise UsageError(f"directory of output {dest} does not exist")
+    with private_tempdir(prefix=f".{dest.name}.", parent=parent) as tmp:
+        shutil.copytree(src, tmp / "tree", symlinks=True)
+        os.chmod(tmp / "tree", 0o755)
+        if dest.exists():
+            os.rename(dest, tmp / "old")
+        os.rename(tmp / "tree", dest)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dest", type=Path, metavar="DEST", help="directory to write the repository tree to")
+    parser.add_argument("--force-overwrite", action="store_true", help="replace DEST if it exists")
+
+
+def command(args: argparse.Namespace) -> int:
+    dest = Path(args.dest)
+    if (dest.exists() or dest.is_symlink()) and not args.force_overwrite:
+        raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
+    repo = ensure_fixture_repo()
+    copy_tree(repo.root, dest, args.force_overwrite)
+    out = FixtureRepo(dest.resolve(), repo.versions, repo.key_name)
+    print(f"fixture repository written to {dest}")
+    for ver in out.versions:
+        print(f"  --srcurl {out.srcurl(ver)}  --srcurl:linstor {out.linstor_srcurl(ver)}")
+    print(f"  gpg key: {out.gpgkey_url}")
+    return 0

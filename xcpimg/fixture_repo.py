@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -254,7 +253,8 @@ def plan(fx: Fixtures, ver: str, listed: list[str]) -> dict[str, list[Package]]:
                        arch=_pick(d.get("arch", ARCH), ver, versions),
                        summary=d.get("summary", f"Stub of {name} (xcpimg fixture)"),
                        repo=d.get("repo", "base"),
-                       requires=tuple(_subst(r, variables) for r in _pick(d.get("requires", []), ver, versions)),
+                       requires=tuple(_subst(r, variables)
+                                      for r in _pick(d.get("requires", []), ver, versions)),
                        files=tuple(files), vars=variables)
 
     pkgs: dict[str, Package] = {}
@@ -273,7 +273,8 @@ def plan(fx: Fixtures, ver: str, listed: list[str]) -> dict[str, list[Package]]:
         if ver not in n.get("only", versions):
             continue
         if n["name"] not in pkgs or n["repo"] not in by_repo:
-            raise ConfigError(f"fixtures: newer release of {n['name']} in {n['repo']}: unknown package or repo")
+            raise ConfigError(f"fixtures: newer release of {n['name']} in {n['repo']}: "
+                              "unknown package or repository")
         if pkgs[n["name"]].repo != "base":
             raise ConfigError(f"fixtures: newer releases are of base packages only ({n['name']})")
         by_repo[n["repo"]].append(replace(make(n["name"], str(n["release"])), repo=n["repo"]))
@@ -351,8 +352,9 @@ def debian_versions(fx: Fixtures, cache_dir: Path) -> dict[str, list[str]]:
     (a stamp in *cache_dir* keyed by their stat data), so a cache hit costs no apt call.
     """
     aliases = fx.repo.get("debian", {})
-    key = hashlib.sha256((_apt_fingerprint() + json.dumps(aliases, sort_keys=True)).encode()).hexdigest()
-    stamp = cache_dir / "debian-versions.json"
+    wanted = hashlib.sha256(json.dumps(aliases, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256((_apt_fingerprint() + wanted).encode()).hexdigest()
+    stamp = cache_dir / f"debian-versions-{wanted[:12]}.json"
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(stamp.read_text())
         if data.get("key") == key:
@@ -380,16 +382,17 @@ def _fixture_hash(fx: Fixtures, lists: Mapping[str, list[str]], deb_versions: Ma
 
 
 def package_lists(fx: Fixtures) -> dict[str, list[str]]:
-    """ver -> the package names of its ``packages.lst`` (from the checkout's configs/)."""
-    return {ver: read_package_list(CHECKOUT / fx.repo["version"][ver]["packages_lst"]) for ver in fx.versions}
+    """ver -> the package names of its ``packages.lst`` (``packages_lst``: relative to the checkout)."""
+    return {ver: read_package_list(CHECKOUT / fx.repo["version"][ver]["packages_lst"])
+            if "packages_lst" in fx.repo["version"][ver] else [] for ver in fx.versions}
 
 
 # ------------------------------------------------------------------------------------------ build
 
 
 class _Payloads:
-    """Unpacked Debian packages and generated files, made on first use (thread-safe enough:
-    each version's build asks for them from its own thread, so they are prepared up front)."""
+    """Unpacked Debian packages and generated files. Prepared before the per-version
+    builds start (they run in threads), which then only read them."""
 
     def __init__(self, fx: Fixtures, work: Path, deb_versions: Mapping[str, list[str]]):
         self.fx = fx
@@ -463,12 +466,17 @@ def stage(pkg: Package, dest: Path, fx: Fixtures, payloads: _Payloads) -> None:
                     shutil.copyfile(_one_match(src, rel, what), target / rel)
             else:
                 shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True,
-                                ignore=lambda d, names: [n for n in names
-                                                         if os.path.relpath(os.path.join(d, n), src)
-                                                         in spec.exclude])
+                                ignore=_excluder(src, spec.exclude))
         else:  # pragma: no cover - _file_specs makes only the kinds above
             raise BuildError(f"{what}: unknown file kind {spec.kind}")
         os.chmod(target, spec.mode if spec.mode is not None else (0o755 if target.is_dir() else 0o644))
+
+
+def _excluder(top: Path, exclude: tuple[str, ...]) -> Any:
+    """A copytree ignore function dropping the *exclude* paths (relative to *top*)."""
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if os.path.relpath(os.path.join(directory, n), top) in exclude]
+    return ignore
 
 
 def _rpm_quote(path: str) -> str:
@@ -490,7 +498,8 @@ def write_spec(repo: str, pkgs: list[Package], settings: Mapping[str, Any]) -> s
             lines.append("BuildArch: noarch")
         lines += [f"Requires: {r}" for r in p.requires]
         lines += ["", f"%description -n {p.name}", f"{p.summary}.", ""]
-    lines += ["%install", "mkdir -p %{buildroot}", "cp -a %{fixture_payload}/. %{buildroot}/", ""]
+    # shell variables, not macros: the expanded spec stored in the headers must not name temp dirs
+    lines += ["%install", 'mkdir -p "$RPM_BUILD_ROOT"', 'cp -a "$FIXTURE_PAYLOAD"/. "$RPM_BUILD_ROOT"/', ""]
     for p in pkgs:
         lines += [f"%files -n {p.name}", "%defattr(-,root,root,-)"]
         trees = [s.path for s in p.files if s.kind == "tree"]
@@ -505,7 +514,7 @@ def write_spec(repo: str, pkgs: list[Package], settings: Mapping[str, Any]) -> s
 def _rpmbuild(spec: Path, payload: Path, top: Path, compression: str) -> None:
     defines = {
         "_topdir": str(top), "_tmppath": str(top / "tmp"), "_dbpath": str(top / "rpmdb"),
-        "fixture_payload": str(payload), "_binary_payload": compression, "_source_payload": "w9.gzdio",
+        "_binary_payload": compression, "_source_payload": "w9.gzdio",
         "__os_install_post": "%{nil}", "__arch_install_post": "%{nil}", "debug_package": "%{nil}",
         "_build_id_links": "none", "_buildhost": "xcpimg-fixture",
         "use_source_date_epoch_as_buildtime": "1", "clamp_mtime_to_source_date_epoch": "1",
@@ -515,7 +524,7 @@ def _rpmbuild(spec: Path, payload: Path, top: Path, compression: str) -> None:
     argv: list[str | Path] = ["rpmbuild", "-ba", "--nodeps", "--target", ARCH, "--quiet"]
     for k, v in defines.items():
         argv += ["--define", f"{k} {v}"]
-    run([*argv, spec], what=f"rpmbuild {spec.name}")
+    run([*argv, spec], env={"FIXTURE_PAYLOAD": str(payload)}, what=f"rpmbuild {spec.name}")
 
 
 def build_version(fx: Fixtures, ver: str, by_repo: Mapping[str, list[Package]], tree: Path, work: Path,
@@ -551,8 +560,8 @@ def _gnupg_home(fx: Fixtures) -> Iterator[Path]:
     """A private GNUPGHOME holding the fixture secret key; the agent is stopped and the dir removed."""
     with private_tempdir(prefix="xcpimg-gpg-", parent=Path("/tmp")) as home:
         try:
-            run(["gpg", "--homedir", home, "--batch", "--quiet", "--import", fx.dir / fx.repo["key"]["secret"]],
-                what="import the fixture signing key")
+            run(["gpg", "--homedir", home, "--batch", "--quiet", "--import",
+                 fx.dir / fx.repo["key"]["secret"]], what="import the fixture signing key")
             yield home
         finally:
             run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
@@ -564,12 +573,16 @@ def sign(fx: Fixtures, rpms: list[Path]) -> None:
     when = max(build_epoch(), int(key["created"]) + 1)
     with _gnupg_home(fx) as home:
         extra = f"--batch --no-tty --faked-system-time {when}! --homedir {home}"
-        argv: list[str | Path] = ["rpmsign", "--addsign", "--define", f"_gpg_name {key['uid']}",
+        argv: list[str | Path] = ["rpmsign", "--addsign", "--rpmv3", "--define", f"_gpg_name {key['uid']}",
                                   "--define", f"_gpg_path {home}", "--define", "__gpg /usr/bin/gpg",
                                   "--define", "_gpg_digest_algo sha256",
                                   "--define", f"_gpg_sign_cmd_extra_args {extra}"]
-        for start in range(0, len(rpms), 200):
-            run([*argv, *rpms[start:start + 200]], env={"GNUPGHOME": str(home)}, what="sign fixture RPMs")
+        chunks = [rpms[i::2] for i in range(2)]  # two signers: gpg and rpm each use one core
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(run, [*argv, *chunk], env={"GNUPGHOME": str(home)}, what="sign fixture RPMs")
+                    for chunk in chunks if chunk]
+            for job in jobs:
+                job.result()
 
 
 def createrepo(directory: Path, revision: int) -> None:
@@ -590,10 +603,10 @@ def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[
     with private_tempdir(prefix="xcpimg-fixture-work-", parent=work_parent) as work:
         deb_versions = deb_versions or debian_versions(fx, work)
         payloads = _Payloads(fx, work, deb_versions)
-        payloads.prepare({s.source for p in plans.values() for ps in p.values() for pkg in ps
-                          for s in pkg.files if s.kind in ("deb", "tree")})
-        if any(s.kind == "generate" for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files):
-            payloads.generate("grub-efi-image")
+        specs = [s for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files]
+        payloads.prepare({s.source for s in specs if s.kind in ("deb", "tree")})
+        for generator in sorted({s.source for s in specs if s.kind == "generate"}):
+            payloads.generate(generator)
         dest.mkdir()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             jobs = [pool.submit(build_version, fx, ver, plans[ver], dest, work / ver, payloads)
@@ -619,14 +632,15 @@ def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[
 # ------------------------------------------------------------------------------------------ cache
 
 
-def ensure_fixture_repo(cache: Path | None = None) -> FixtureRepo:
+def ensure_fixture_repo(cache: Path | None = None, fixtures: Path = FIXTURES) -> FixtureRepo:
     """The fixture repository, built at most once into ``<cache>/fixture-repo/<hash>``.
 
-    *cache* defaults to :func:`xcpimg.debs.cache_root`. Concurrent callers (xdist workers,
+    *cache* defaults to :func:`xcpimg.debs.cache_root`; *fixtures* is the definitions
+    directory (tests use small ones). Concurrent callers (xdist workers,
     several processes) wait on a file lock; one builds, in a temporary directory beside
     the result that is renamed into place, so a failure leaves nothing behind.
     """
-    fx = load_fixtures()
+    fx = load_fixtures(fixtures)
     base = (cache or debs.cache_root()) / "fixture-repo"
     base.mkdir(parents=True, exist_ok=True)
     lists = package_lists(fx)

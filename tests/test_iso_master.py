@@ -172,6 +172,9 @@ def test_iso9660_and_joliet_names_unique() -> None:
     assert names.iso("", "x86_64-efi", True) == "X86_64_EFI"
     long_file = names.iso("", "kernel-alt-4.19.322-1.xcpng8.3.x86_64.rpm", False)
     assert long_file.endswith(".RPM;1") and len(long_file.split(";")[0]) == 31  # 30 + the dot
+    long_ext = [names.iso("", "f." + "e" * 40, False) for _ in range(3)]
+    assert long_ext == ["F." + "E" * 12 + ";1", "F_1." + "E" * 12 + ";1", "F_2." + "E" * 12 + ";1"]
+    assert names.iso("", ".treeinfo", False) == ".TREEINFO;1"
     assert names.joliet("", LONG_NAME) == LONG_NAME
     cut = names.joliet("", TOO_LONG)
     assert len(cut) == 103 and cut.endswith(".rpm")

@@ -54,6 +54,7 @@ _VOLID_RE = re.compile(r"[A-Za-z0-9 _!\"%&'()*+,\-./:;<=>?]+")
 JOLIET_MAX = 103
 _ISO_FILE_MAX = 30  # name + extension, ISO9660 level 2/3
 _ISO_DIR_MAX = 31
+_ISO_EXT_MAX = 12  # keeps room for a unique stem
 _NOT_D_CHAR = re.compile(r"[^A-Z0-9_]")
 _NOT_JOLIET = re.compile(r"[*/:;?\\\x00-\x1f]")
 WRITE_BLOCKSIZE = 1 << 20
@@ -148,9 +149,9 @@ class _Names:
         if not dot:
             stem, ext = name, ""
         stem = _NOT_D_CHAR.sub("_", stem.upper())
-        ext = _NOT_D_CHAR.sub("_", ext.upper())[:_ISO_FILE_MAX - 1]
+        ext = _NOT_D_CHAR.sub("_", ext.upper())[:_ISO_EXT_MAX]
         return self._unique("iso", parent, lambda n: (
-            stem[:_ISO_FILE_MAX - len(ext) - len(s := _sfx(n))] + s + "." + ext + ";1"))
+            stem[:max(0, _ISO_FILE_MAX - len(ext) - len(s := _sfx(n)))] + s + "." + ext + ";1"))
 
     def joliet(self, parent: str, name: str) -> str:
         clean = _NOT_JOLIET.sub("_", name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..dnf import Dnf
 from ..errors import BuildError, UsageError
-from ..fsutil import atomic_output, check_output_path, private_tempdir
+from ..fsutil import check_output_path, private_tempdir
 from ..layers import Layers, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
@@ -265,8 +265,9 @@ def build_iso(opts: IsoOptions) -> None:
             "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
         shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
         log.info("mastering %s", opts.output)
-        with atomic_output(opts.output, force=opts.force) as tmp:
-            master.master_iso(tree, tmp, opts.volid, isohdpfx=isohdpfx, epoch=epoch, progress=opts.progress)
+        check_output_path(opts.output, opts.force)  # master_iso writes atomically, replacing any file
+        master.master_iso(tree, opts.output, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
+                          progress=opts.progress)
     log.info("wrote %s (%d MiB)", opts.output, opts.output.stat().st_size >> 20)
 
 

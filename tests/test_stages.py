@@ -1,0 +1,168 @@
+"""Unit tests of the console stage matcher (recorded console text, no QEMU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xcpimg.stages import (
+    CMDLINE_PREFIX,
+    INIT_MARKER,
+    STAGES,
+    ConsoleWatcher,
+    clean,
+    parse_cmdline,
+    shorten,
+    stage_index,
+)
+
+# Abridged from a real SeaBIOS/isolinux/menu.c32 -> Xen -> Debian dom0 -> probe initrd boot.
+BIOS_BOOT = (
+    "\r\nISOLINUX 6.04 20200816  Copyright (C) 1994-2015 H. Peter Anvin et al\r\n"
+    "\x1b%@\x1b)0\x1b(B\x1b[0;37;40m\x1b[?25l\x1b[2J\x1b[1;11H\x1b[0;30;44mlqqqk\x1b[2;11H"
+    "\x1b[0;1;36;44m   xcpimg bootkit   \x1b[0;31;40m\x1b[18;27HPress [Tab] to edit options"
+    "\x1b[20;26H\x1b[0;37;40mAutomatic boot in \x1b[0;1;37;40m5\x1b[0;37;40m seconds..."
+    "\x1b[24;1H\x1b[0mLoading /boot/xen.gz... ok\r\n"
+    " Xen 4.17.7\r\n"
+    "(XEN) Xen version 4.17.7 (Debian 4.17.7+13-g2445b30a44-0+deb12u1) debug=n\r\n"
+    "(XEN) Command line: com1=115200,8n1 console=com1,vga dom0_mem=768M,max:768M\r\n"
+    "(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch input)\r\n"
+    "[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\r\n"
+    "[   10.273099] Run /init as init process\r\n"
+    "\r\n" + INIT_MARKER + "\r\n" + CMDLINE_PREFIX + "console=hvc0 console=tty0 xcpimg-bootkit\r\n"
+)
+
+# Abridged from OVMF -> GRUB (menu drawn with cursor moves) -> Xen.
+UEFI_BOOT = (
+    "BdsDxe: loading Boot0001 \"UEFI QEMU DVD-ROM QM00003 \" from PciRoot(0x0)/Pci(0x1,0x1)\r\n"
+    "Welcome to GRUB!\r\n\r\n"
+    "\x1b[0m\x1b[30m\x1b[40m\x1b[2J\x1b[01;01H\x1b[0m\x1b[37m\x1b[40m  GNU GRUB  version 2.06-13+deb12u2\r\n"
+    "error: no suitable video mode found.\r\n"
+    "\x1b[05;:0H *Xen + Debian dom0 + probe initrd   "
+    "The highlighted entry will be executed automatically in 5s.   \r\n"
+    "(XEN) Xen version 4.17.7 (Debian 4.17.7) debug=n\r\n"
+)
+
+
+class Clock:
+    """A fake clock advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed_lines(watcher: ConsoleWatcher, clock: Clock, text: str, step: float = 1.0) -> None:
+    for line in text.splitlines(keepends=True):
+        clock.now += step
+        watcher.feed(line)
+
+
+def test_bios_boot_reaches_every_stage_in_order_with_times() -> None:
+    clock = Clock()
+    w = ConsoleWatcher(clock=clock)
+    feed_lines(w, clock, BIOS_BOOT)
+    assert list(w.reached) == list(STAGES)
+    times = [w.reached[s] for s in STAGES]
+    assert times == sorted(times) and times[0] == 2.0
+    assert w.failure is None and not w.implied
+    assert w.cmdline == "console=hvc0 console=tty0 xcpimg-bootkit"
+
+
+def test_stage_split_across_chunks_and_escape_sequence_split() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    for piece in ("[ 0.0] Lin", "ux ver", "sion 6.1.0\r", "\n\x1b[0;3", "7mxcpimg-in", "it: reached\r\n"):
+        w.feed(piece)
+    assert set(w.reached) == set(STAGES)
+    assert w.implied == {"bootloader", "hypervisor"}  # implied by the kernel line
+    assert "\x1b" not in w.tail() and "xcpimg-init: reached" in w.tail()
+
+
+def test_uefi_grub_benign_video_error_is_not_a_failure() -> None:
+    clock = Clock()
+    w = ConsoleWatcher(clock=clock)
+    feed_lines(w, clock, UEFI_BOOT)
+    assert w.failure is None
+    assert list(w.reached) == ["bootloader", "hypervisor"]
+
+
+def test_enter_prompts_reported_once_per_line_and_only_in_bootloader() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    assert w.feed("boot: ").prompts == ["isolinux"]
+    assert w.feed(" ").prompts == []          # same unfinished line: not again
+    assert w.feed("\r\n").prompts == []       # the line completes: still the same prompt
+    assert w.feed("  GNU GRUB  version 2.06\r\n").prompts == ["grub"]
+    w.feed("(XEN) Xen version 4.17.7\r\n")
+    assert w.feed("Automatic boot in 5 seconds...\r\n").prompts == []
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "kernel panic"),
+    ("Boot failed: not a bootable disk\n", "firmware could not boot the media"),
+    ("error: file `/boot/xen.gz' not found.\n", "GRUB file not found"),
+    ("error: no such device: /install.img.\n", "GRUB found no such device"),
+    ("error: disk `hd0,msdos2' not found.\n", "GRUB error"),
+    ("grub rescue> ", "GRUB rescue prompt"),               # a prompt: no newline ever comes
+    ("Failed to load ldlinux.c32\n", "isolinux could not load a module"),
+    ("Loading /boot/xen.gz... failed!\n", "mboot.c32 could not load a file"),
+    ("(XEN) Panic on CPU 0:\n", "Xen panic"),
+    ("(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.\n", "Xen dom0 crashed"),
+    ("KVM internal error. Suberror: 1\n", "KVM failed"),
+    ("BdsDxe: No bootable option or device was found.\n", "firmware found no bootable device"),
+])
+def test_failure_patterns(text: str, reason: str) -> None:
+    w = ConsoleWatcher(clock=Clock())
+    update = w.feed("some earlier line\r\n" + text)
+    assert update.failure is not None and w.failure is update.failure
+    assert w.failure.reason == reason
+    assert w.failure.line == shorten(text)
+
+
+def test_real_grub_error_on_same_line_as_benign_one_still_fails() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed("error: no suitable video mode found.   error: file `/boot/vmlinuz' not found.\n")
+    assert w.failure is not None and w.failure.line == "error: file `/boot/vmlinuz' not found."
+
+
+def test_bootloader_failure_patterns_stop_applying_once_xen_runs() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed("(XEN) Xen version 4.17.7\n[    2.0] Failed to load firmware blob\n")
+    assert w.failure is None
+    w.feed("[    3.0] Kernel panic - not syncing: Attempted to kill init!\n")
+    assert w.failure is not None and w.failure.reason == "kernel panic"
+
+
+def test_only_first_failure_is_kept_and_fail_records_external_reason() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.fail("timed out", "")
+    w.feed("Kernel panic - not syncing: x\n")
+    assert w.failure is not None and w.failure.reason == "timed out"
+
+
+def test_cmdline_needs_a_complete_line() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed(INIT_MARKER + "\n" + CMDLINE_PREFIX + "a b")
+    assert w.has_reached("init") and w.cmdline is None
+    w.feed(" c\r\n")
+    assert w.cmdline == "a b c"
+
+
+def test_parse_cmdline_and_clean() -> None:
+    assert parse_cmdline(BIOS_BOOT) == "console=hvc0 console=tty0 xcpimg-bootkit"
+    assert parse_cmdline("no marker here\n") is None
+    assert clean("\x1b[1;1H\x1b[0;37;40mab\x1b(Bc\x07") == "abc"
+
+
+def test_tail_squeezes_long_lines() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed("x" * 1000 + "END\n" + "a     b\n")
+    lines = w.tail().splitlines()
+    assert lines[0].endswith("END") and len(lines[0]) <= 203
+    assert lines[1] == "a  b"
+
+
+def test_stage_index_rejects_unknown_stage() -> None:
+    assert stage_index("kernel") == 2
+    with pytest.raises(ValueError, match="unknown boot stage 'dom0'"):
+        stage_index("dom0")

@@ -1,0 +1,118 @@
+"""Write the probe initrd: a stand-in install.img whose /init reports the boot and powers off.
+
+The initrd is a gzip-compressed newc cpio holding Debian's static busybox. Its ``/init``
+mounts proc, sys and devtmpfs, prints the init marker and ``/proc/cmdline`` (see
+``xcpimg.stages``) on the console and on ``/dev/hvc0`` (the serial line under Xen), then
+powers off. Same busybox, same epoch: same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import debs
+from .fsutil import atomic_output, private_tempdir
+from .run import build_epoch
+from .stages import CMDLINE_PREFIX, INIT_MARKER
+
+#: Debian package holding the static busybox.
+BUSYBOX_PACKAGE = "busybox-static"
+#: Applets /init uses (linked in /bin).
+APPLETS = ("cat", "echo", "ls", "mkdir", "mount", "poweroff", "printf", "sh", "sleep")
+
+INIT_SCRIPT = f"""#!/bin/sh
+# xcpimg probe initrd: report that init runs, with the kernel command line, then power off.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+cmdline="$(cat /proc/cmdline)"
+for tty in /dev/hvc0 /dev/console; do
+    if [ -c "$tty" ]; then
+        printf '\\n%s\\n%s%s\\n' '{INIT_MARKER}' '{CMDLINE_PREFIX}' "$cmdline" > "$tty" 2>/dev/null
+    fi
+done
+sleep 1
+poweroff -f
+sleep 30
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cpio member: path without leading slash, mode (with file type), data, device."""
+
+    path: str
+    mode: int
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+
+
+def _newc_header(ino: int, entry: Entry, mtime: int, name: bytes, size: int) -> bytes:
+    fields = (ino, entry.mode, 0, 0, 2 if stat.S_ISDIR(entry.mode) else 1, mtime, size,
+              0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
+    return b"070701" + b"".join(b"%08X" % v for v in fields)
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def newc_archive(entries: list[Entry], mtime: int) -> bytes:
+    """A newc cpio of *entries* sorted by path: uid/gid 0, fixed mtime, inodes numbered in order."""
+    out = io.BytesIO()
+    for ino, entry in enumerate(sorted(entries, key=lambda e: e.path), start=1):
+        name = entry.path.encode() + b"\0"
+        head = _newc_header(ino, entry, mtime, name, len(entry.data))
+        out.write(head + name + _pad(len(head) + len(name)))
+        out.write(entry.data + _pad(len(entry.data)))
+    trailer = Entry("TRAILER!!!", 0)
+    name = trailer.path.encode() + b"\0"
+    head = _newc_header(0, trailer, 0, name, 0)
+    out.write(head + name + _pad(len(head) + len(name)))
+    data = out.getvalue()
+    return data + b"\0" * (-len(data) % 512)
+
+
+def probe_entries(busybox: bytes) -> list[Entry]:
+    """The members of the probe initrd around the given busybox binary."""
+    dirs = ["bin", "dev", "proc", "sys", "tmp"]
+    entries = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    entries.append(Entry("bin/busybox", stat.S_IFREG | 0o755, busybox))
+    entries += [Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in APPLETS]
+    entries.append(Entry("init", stat.S_IFREG | 0o755, INIT_SCRIPT.encode()))
+    entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    return entries
+
+
+def busybox_binary() -> bytes:
+    """The static busybox from Debian's busybox-static (fetched and cached by xcpimg.debs)."""
+    deb = debs.fetch(BUSYBOX_PACKAGE)
+    with private_tempdir("xcpimg-busybox-") as tmp:
+        root = debs.extract(deb, tmp / "root")
+        return (root / "bin" / "busybox").read_bytes()
+
+
+def build_probe_initrd(output: Path, force: bool = False) -> None:
+    """Write the probe initrd to *output* atomically (refusing to overwrite unless *force*)."""
+    archive = newc_archive(probe_entries(busybox_binary()), build_epoch())
+    with atomic_output(Path(output), force=force) as tmp:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                   compresslevel=9, mtime=0) as gz:
+            gz.write(archive)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, type=Path, help="initrd file to write")
+    parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+
+
+def command(args: argparse.Namespace) -> int:
+    build_probe_initrd(args.output, force=args.force_overwrite)
+    print(args.output)
+    return 0

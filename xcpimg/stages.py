@@ -1,0 +1,243 @@
+"""What each boot stage looks like on the serial console, and a watcher that tracks them.
+
+Stages, in order: ``bootloader`` (isolinux/menu.c32 or GRUB), ``hypervisor`` (the Xen
+banner), ``kernel`` (``Linux version``) and ``init`` (the marker printed by the probe
+initrd or the fixture install.img). Known failure patterns end a boot at once.
+Everything here is pure: feed text, read results; no QEMU involved.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+STAGES: tuple[str, ...] = ("bootloader", "hypervisor", "kernel", "init")
+
+#: The line printed by the probe initrd and the fixture install.img once /init runs.
+INIT_MARKER = "xcpimg-init: reached"
+#: Prefix of the next line; the rest of that line is the contents of /proc/cmdline.
+CMDLINE_PREFIX = "xcpimg-cmdline: "
+
+#: stage -> console regexes meaning the stage was reached.
+STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "bootloader": tuple(re.compile(p) for p in (
+        r"\bISOLINUX \d",                                # banner (when it reaches serial)
+        r"\bSYSLINUX \d",
+        r"(?:^|\s)boot: ?$",                             # isolinux prompt
+        r"Automatic boot in \d+ seconds?",               # menu.c32
+        r"Press \[Tab\] to edit options",                # menu.c32
+        r"Welcome to GRUB!",                             # GRUB EFI image started
+        r"GNU GRUB +version",                            # GRUB menu header
+        r"highlighted entry will be executed automatically",
+        r"Use the [\^v\w ]+ keys to select which entry",  # GRUB menu help
+    )),
+    "hypervisor": tuple(re.compile(p) for p in (
+        r"\(XEN\) Xen version \d",
+        r"\bXen version \d+\.\d+",
+    )),
+    "kernel": (re.compile(r"\bLinux version \d"),),
+    "init": (re.compile(re.escape(INIT_MARKER)),),
+}
+
+#: Console text after which an Enter skips a bootloader timeout: kind -> regex.
+ENTER_PROMPTS: dict[str, re.Pattern[str]] = {
+    "isolinux": re.compile(r"(?:^|\s)boot: ?$"),
+    "menu.c32": re.compile(r"Automatic boot in \d+ seconds?|Press \[Tab\] to edit options"),
+    "grub": re.compile(r"highlighted entry will be executed automatically|GNU GRUB +version"),
+}
+
+#: (description, regex, stage) of console lines that end a boot as failed, matched on whole
+#: lines; a pattern with a stage applies only until that stage is reached (firmware and
+#: bootloader messages mean nothing once Xen runs: dom0 may print "Failed to load ...").
+FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], str | None], ...] = tuple(
+    (d, re.compile(p), until) for d, p, until in (
+        ("kernel panic", r"Kernel panic - not syncing", None),
+        ("firmware could not boot the media", r"\bBoot failed\b", "hypervisor"),
+        ("firmware found no bootable device",
+         r"No bootable device|No bootable option or device was found", "hypervisor"),
+        ("firmware dropped to the UEFI shell", r"UEFI Interactive Shell", "hypervisor"),
+        ("isolinux could not load a module", r"Failed to load (?:COM32 file )?\S+", "hypervisor"),
+        ("isolinux could not find the kernel", r"Could not find kernel image", "hypervisor"),
+        ("mboot.c32 could not load a file", r"Loading \S+\.\.\. failed", "hypervisor"),
+        ("mboot.c32 could not load a file", r"No files found!", "hypervisor"),
+        ("GRUB file not found", r"error: file .* not found", "hypervisor"),
+        ("GRUB found no such device", r"error: no such device", "hypervisor"),
+        ("GRUB error", r"error: .* not found", "hypervisor"),
+        ("GRUB error", r"error: you need to load the kernel first", "hypervisor"),
+        ("GRUB error", r"error: (?:unknown command|invalid magic number|out of memory)", "hypervisor"),
+        ("GRUB rescue prompt", r"grub rescue>", "hypervisor"),
+        ("Xen panic", r"Panic on CPU \d+", None),
+        ("Xen dom0 crashed", r"Hardware Dom0 crashed", None),
+        ("KVM failed", r"KVM internal error", None),
+    ))
+
+#: Failure patterns that are prompts (no newline follows): also matched on the unfinished line.
+_PROMPT_FAILURES = tuple(f for f in FAILURE_PATTERNS if f[0] == "GRUB rescue prompt")
+
+#: Console noise that looks like an error but is not (checked before FAILURE_PATTERNS).
+BENIGN_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"error: no suitable video mode found\.?"),
+)
+
+# CSI sequences, two-byte escapes (charset selection, keypad mode, reset), then other controls.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()*+][0-9A-Za-z]|\x1b[@-Z\\-_]|\x1b[=>c78]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ESC_PREFIX = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|[()*+])?$")
+
+
+def shorten(line: str, width: int = 200) -> str:
+    """*line* with runs of blanks squeezed and, past *width* characters, only its end kept."""
+    line = re.sub(r"\s{3,}", "  ", line.strip())
+    return line if len(line) <= width else "..." + line[-width:]
+
+
+def clean(text: str) -> str:
+    """Console text without terminal escape sequences and control characters (keeps newlines)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
+def parse_cmdline(text: str) -> str | None:
+    """The kernel command line reported by the init marker in *text*, or None when absent."""
+    for line in clean(text).splitlines():
+        idx = line.find(CMDLINE_PREFIX)
+        if idx >= 0:
+            return line[idx + len(CMDLINE_PREFIX):].strip()
+    return None
+
+
+def stage_index(stage: str) -> int:
+    """Position of *stage* in STAGES (ValueError naming the valid stages otherwise)."""
+    try:
+        return STAGES.index(stage)
+    except ValueError:
+        raise ValueError(f"unknown boot stage {stage!r} (expected one of {', '.join(STAGES)})") from None
+
+
+@dataclass
+class Failure:
+    """A known failure seen on the console: what it means and the line that showed it."""
+
+    reason: str
+    line: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.line}"
+
+
+@dataclass
+class Update:
+    """What one feed() call found: stages newly reached, prompts wanting Enter, a failure."""
+
+    stages: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    failure: Failure | None = None
+
+
+class ConsoleWatcher:
+    """Feed console text chunks; tracks stages reached (seconds since start), the init
+    command line and the first failure seen.
+
+    Reaching a stage implies the earlier ones (a bootloader silent on serial is still a
+    bootloader that worked): those are recorded at the same time and listed in ``implied``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, start: float | None = None) -> None:
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.reached: dict[str, float] = {}
+        self.implied: set[str] = set()
+        self.cmdline: str | None = None
+        self.failure: Failure | None = None
+        self._raw_tail = ""
+        self._partial = ""
+        self._line_no = 0
+        self._partial_prompts: set[str] = set()
+        self._lines: list[str] = []
+
+    # -- results -------------------------------------------------------------------------
+    def has_reached(self, stage: str) -> bool:
+        return stage in self.reached
+
+    def deepest(self) -> str | None:
+        """The deepest stage reached so far, or None."""
+        done = [s for s in STAGES if s in self.reached]
+        return done[-1] if done else None
+
+    def tail(self, lines: int = 25) -> str:
+        """The last *lines* lines of cleaned console text (including the unfinished one)."""
+        out = self._lines[-lines:] + ([self._partial] if self._partial else [])
+        return "\n".join(shorten(line) for line in out[-lines:])
+
+    # -- input ---------------------------------------------------------------------------
+    def feed(self, chunk: str) -> Update:
+        """Consume a chunk of raw console text; return what it revealed."""
+        update = Update()
+        raw = self._raw_tail + chunk
+        hold = _ESC_PREFIX.search(raw[-32:]) if "\x1b" in raw[-32:] else None
+        if hold:
+            cut = len(raw) - (len(raw[-32:]) - hold.start())
+            raw, self._raw_tail = raw[:cut], raw[cut:]
+        else:
+            self._raw_tail = ""
+        text = self._partial + clean(raw.replace("\r\n", "\n"))
+        parts = text.split("\n")
+        self._partial = parts.pop()
+        for line in parts:
+            self._scan(line, update, complete=True)
+            self._line_no += 1
+            self._partial_prompts = set()
+            self._lines.append(line)
+        if len(self._lines) > 2000:
+            del self._lines[:-1000]
+        if self._partial:
+            self._scan(self._partial, update, complete=False)
+        return update
+
+    def fail(self, reason: str, line: str = "") -> Failure:
+        """Record a failure found outside the console (QEMU stderr, timeout...)."""
+        if self.failure is None:
+            self.failure = Failure(reason, line)
+        return self.failure
+
+    def _mark(self, stage: str, update: Update) -> None:
+        now = round(self.clock() - self.start, 3)
+        for earlier in STAGES[:stage_index(stage)]:
+            if earlier not in self.reached:
+                self.reached[earlier] = now
+                self.implied.add(earlier)
+                update.stages.append(earlier)
+        self.reached[stage] = now
+        update.stages.append(stage)
+
+    def _scan(self, line: str, update: Update, complete: bool) -> None:
+        for stage in STAGES:
+            if stage not in self.reached and any(p.search(line) for p in STAGE_PATTERNS[stage]):
+                self._mark(stage, update)
+        if complete and self.cmdline is None and CMDLINE_PREFIX in line:
+            self.cmdline = line[line.index(CMDLINE_PREFIX) + len(CMDLINE_PREFIX):].strip()
+        if not any(s in self.reached for s in STAGES[1:]):
+            for kind, rx in ENTER_PROMPTS.items():
+                if kind not in self._partial_prompts and rx.search(line):
+                    update.prompts.append(kind)
+                    if not complete:
+                        self._partial_prompts.add(kind)
+        if self.failure is None:
+            found = self._failure_in(line, complete, self.reached)
+            if found:
+                self.failure = found
+                update.failure = found
+
+    @staticmethod
+    def _failure_in(line: str, complete: bool, reached: dict[str, float]) -> Failure | None:
+        for benign in BENIGN_PATTERNS:
+            line = benign.sub("", line)
+        for reason, rx, until in (FAILURE_PATTERNS if complete else _PROMPT_FAILURES):
+            if until is not None and until in reached:
+                continue
+            found = rx.search(line)
+            if found:  # the whole line, or from the match on when the line is long (GRUB menus)
+                short = shorten(line)
+                return Failure(reason, short if len(short) <= 160 else shorten(line[found.start():]))
+        return None

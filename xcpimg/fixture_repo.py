@@ -406,9 +406,9 @@ class _Payloads:
             if alias not in self.deb_versions:
                 raise ConfigError(f"fixtures: unknown Debian source {alias!r} (see [debian] in repo.toml)")
             name, version = self.deb_versions[alias]
-            deb = debs.fetch(name)
-            if f"_{version.replace(':', '%3a')}_" not in deb.name:
-                log.warning("fixture repo: %s: fetched %s, expected version %s", alias, deb.name, version)
+            # the version is known already: take the cached .deb without asking apt again
+            cached = sorted((debs.cache_root() / "debs").glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
+            deb = cached[0] if cached else debs.fetch(name)
             log.info("fixture repo: unpacking %s", deb.name)
             self.unpacked[alias] = debs.extract(deb, self.work / "debs" / alias)
 

@@ -11,7 +11,6 @@ from xcpimg.stages import (
     ConsoleWatcher,
     clean,
     parse_cmdline,
-    shorten,
     stage_index,
 )
 
@@ -97,26 +96,33 @@ def test_enter_prompts_reported_once_per_line_and_only_in_bootloader() -> None:
     assert w.feed("Automatic boot in 5 seconds...\r\n").prompts == []
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "kernel panic"),
-    ("Boot failed: not a bootable disk\n", "firmware could not boot the media"),
-    ("error: file `/boot/xen.gz' not found.\n", "GRUB file not found"),
-    ("error: no such device: /install.img.\n", "GRUB found no such device"),
-    ("error: disk `hd0,msdos2' not found.\n", "GRUB error"),
-    ("grub rescue> ", "GRUB rescue prompt"),               # a prompt: no newline ever comes
-    ("Failed to load ldlinux.c32\n", "isolinux could not load a module"),
-    ("Loading /boot/xen.gz... failed!\n", "mboot.c32 could not load a file"),
-    ("(XEN) Panic on CPU 0:\n", "Xen panic"),
-    ("(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.\n", "Xen dom0 crashed"),
-    ("KVM internal error. Suberror: 1\n", "KVM failed"),
-    ("BdsDxe: No bootable option or device was found.\n", "firmware found no bootable device"),
+@pytest.mark.parametrize(("text", "reason", "line"), [
+    ("[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "kernel panic",
+     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
+    ("Boot failed: not a bootable disk\n", "firmware could not boot the media", None),
+    ("error: file `/boot/xen.gz' not found.\n", "GRUB file not found", None),
+    ("error: no such device: /install.img.\n", "GRUB found no such device", None),
+    ("error: disk `hd0,msdos2' not found.\n", "GRUB error", None),
+    ("grub rescue> ", "GRUB rescue prompt", None),         # a prompt: no newline ever comes
+    ("Failed to load ldlinux.c32\n", "isolinux could not load a module", None),
+    ("Loading /boot/xen.gz... failed!\n", "mboot.c32 could not load a file", None),
+    ("(XEN) Panic on CPU 0:\n", "Xen panic", "Panic on CPU 0:"),
+    ("(XEN) Hardware Dom0 crashed: rebooting machine in 5 seconds.\n", "Xen dom0 crashed",
+     "Hardware Dom0 crashed: rebooting machine in 5 seconds."),
+    ("KVM internal error. Suberror: 1\n", "KVM failed", None),
+    ("BdsDxe: No bootable option or device was found.\n", "firmware found no bootable device",
+     "No bootable option or device was found."),
+    ("a command-line.     *Xen + Debian dom0    The highlighted entry will be executed automatically"
+     " in 5s.     error: file `/boot/xen.gz' not found.\n", "GRUB file not found",
+     "error: file `/boot/xen.gz' not found."),
 ])
-def test_failure_patterns(text: str, reason: str) -> None:
+def test_failure_patterns(text: str, reason: str, line: str | None) -> None:
     w = ConsoleWatcher(clock=Clock())
     update = w.feed("some earlier line\r\n" + text)
     assert update.failure is not None and w.failure is update.failure
     assert w.failure.reason == reason
-    assert w.failure.line == shorten(text)
+    assert w.failure.line == (line or text.strip())
+    assert str(w.failure) == f"{reason}: {line or text.strip()}"
 
 
 def test_real_grub_error_on_same_line_as_benign_one_still_fails() -> None:

@@ -142,8 +142,7 @@ def kvm_probe(seconds: float = 3.0) -> bool:
             "-display", "none", "-monitor", "none", "-serial", "none", "-no-reboot", *fw]
     log.debug("kvm probe: %s", shlex.join(argv))
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)
+        proc = spawn(argv, err)
         try:
             proc.wait(seconds)
         except subprocess.TimeoutExpired:
@@ -203,6 +202,24 @@ def default_timeout(until: str, accel: str) -> float:
 # -- processes ---------------------------------------------------------------------------
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the parent dies (even by SIGKILL, where no
+    finally or atexit runs). Linux only; a no-op elsewhere."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: list[str], stderr: Any) -> subprocess.Popen[bytes]:
+    """Start a QEMU in its own session (Ctrl-C on the terminal goes to us, not to it), killed
+    if we die, tracked so that atexit kills it too. stdout and stderr go to *stderr*."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                            start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    _LIVE[proc.pid] = proc
+    return proc
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -407,11 +424,9 @@ class Machine:
         log.debug("qemu: %s", shlex.join(argv))
         self._stderr_file = open(self.stderr_log, "wb")  # noqa: SIM115 - closed in stop()
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
-                                         stderr=self._stderr_file, start_new_session=True)
+            self.proc = spawn(argv, self._stderr_file)
         except OSError as exc:
             raise BootError(f"cannot start {argv[0]}: {exc.strerror}") from None
-        _LIVE[self.proc.pid] = self.proc
         self._sock = self._connect(self.workdir / "serial.sock")
         self._serial_file = open(self.serial_log, "w", encoding="utf-8", newline="")  # noqa: SIM115
         self.console = pexpect.fdpexpect.fdspawn(self._sock.fileno(), encoding="utf-8",

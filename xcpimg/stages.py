@@ -237,7 +237,6 @@ class ConsoleWatcher:
             if until is not None and until in reached:
                 continue
             found = rx.search(line)
-            if found:  # the whole line, or from the match on when the line is long (GRUB menus)
-                short = shorten(line)
-                return Failure(reason, short if len(short) <= 160 else shorten(line[found.start():]))
+            if found:  # from the match on: GRUB menus leave screen junk earlier on the line
+                return Failure(reason, shorten(line[found.start():]))
         return None

@@ -258,7 +258,7 @@ def build_iso(opts: IsoOptions) -> None:
         else:
             add_repository(opts, dnf, rpms, tree, epoch)
         isohdpfx = add_bios_loader(rpms, tree)
-        loader = efi_loader(rpms, opts.efi_installer, tree)
+        loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
         grub_cfg = scratch / "grub-efiboot.cfg"
         grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
         efiboot.make_efiboot(tree / "boot/efiboot.img", {

@@ -11,8 +11,7 @@ from rpmkit import build_rpm, make_repo
 from xcpimg.dnf import Dnf
 from xcpimg.errors import BuildError, UsageError
 from xcpimg.layers import configs_dir, resolve
-from xcpimg.repos import (RepoConfig, default_srcurl, parse_define_repo, parse_layer_srcurl,
-                          write_repo_files)
+from xcpimg.repos import RepoConfig, default_srcurl, parse_define_repo, parse_layer_srcurl, write_repo_files
 
 
 @pytest.mark.parametrize("dist, url", [

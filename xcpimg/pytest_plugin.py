@@ -74,7 +74,7 @@ def detect_layout(root: str, dist: str = "8.3") -> str:
     """Tell ``<root>/8/8.3/...`` (updates.xcp-ng.org, fixture) from ``<root>/8.3/...`` (mirror-repos)."""
     from urllib.parse import urlparse
     major = dist.split(".")[0]
-    probe = f"base/x86_64/repodata/repomd.xml"
+    probe = "base/x86_64/repodata/repomd.xml"
     url = urlparse(root)
     if url.scheme in ("", "file"):
         base = Path(url.path)

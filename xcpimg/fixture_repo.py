@@ -667,17 +667,20 @@ def ensure_fixture_repo(cache: Path | None = None, fixtures: Path = FIXTURES) ->
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def copy_tree(src: Path, dest: Path, force: bool) -> None:
-    """Copy *src* to *dest* atomically (temp dir beside *dest*, renamed; replaced only with *force*)."""
+def _check_dest(dest: Path, force: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not force:
             raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
         if not dest.is_dir() or dest.is_symlink():
             raise UsageError(f"output {dest} exists and is not a directory")
-    parent = dest.parent
-    if not parent.is_dir():
+    if not dest.parent.is_dir():
         raise UsageError(f"directory of output {dest} does not exist")
-    with private_tempdir(prefix=f".{dest.name}.", parent=parent) as tmp:
+
+
+def copy_tree(src: Path, dest: Path, force: bool) -> None:
+    """Copy *src* to *dest* atomically (temp dir beside *dest*, renamed; replaced only with *force*)."""
+    _check_dest(dest, force)
+    with private_tempdir(prefix=f".{dest.name}.", parent=dest.parent) as tmp:
         shutil.copytree(src, tmp / "tree", symlinks=True)
         os.chmod(tmp / "tree", 0o755)
         if dest.exists():
@@ -691,9 +694,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    dest = Path(args.dest)
-    if (dest.exists() or dest.is_symlink()) and not args.force_overwrite:
-        raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
+    dest = Path(args.dest).absolute()
+    _check_dest(dest, args.force_overwrite)  # before a possibly long build
     repo = ensure_fixture_repo()
     copy_tree(repo.root, dest, args.force_overwrite)
     out = FixtureRepo(dest.resolve(), repo.versions, repo.key_name)

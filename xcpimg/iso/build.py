@@ -230,7 +230,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
          "--workers", "1", tree], what="create the ISO's repository metadata")
     if opts.sign_script:
         from ..sign import run_sign_script
-        run_sign_script(opts.sign_script, tree)
+        run_sign_script(opts.sign_script.absolute(), tree)  # a relative Path would be looked up on PATH
     else:
         if treeinfo.is_file():
             treeinfo.write_text(re.sub(r"(?m)^key", "#key", treeinfo.read_text()))
@@ -280,18 +280,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--efi-installer", choices=("rpm", "mkimage"), default="rpm",
                         help="GRUB EFI binary: prebuilt from grub-efi (rpm) or grub-mkimage (mkimage)")
     parser.add_argument("--netinstall", action="store_true", help="no repository on the ISO")
-    parser.add_argument("--sign-script", metavar="SCRIPT", type=Path,
-                        help="run SCRIPT ISO_DIR to sign repodata/repomd.xml")
+    parser.add_argument("--sign-script", metavar="SCRIPT",
+                        help="run SCRIPT ISO_DIR to sign repodata/repomd.xml (a bare name is looked up on PATH)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
     parser.add_argument("install_img", metavar="INSTALL.IMG", type=Path, help="the installer image")
+
+
+def sign_script_path(value: str | None) -> Path | None:
+    """--sign-script: a path (``./sign.sh``: argparse's Path would drop the ``./``) or a command on PATH."""
+    if value is None:
+        return None
+    if "/" in value or Path(value).exists():
+        return Path(value)
+    found = shutil.which(value)
+    if found is None:
+        raise UsageError(f"sign script {value} is neither a file nor a command on PATH")
+    return Path(found)
 
 
 def command(args: argparse.Namespace) -> int:
     opts = IsoOptions(layers=resolve(args.spec), install_img=args.install_img, output=args.output,
                       volid=args.volid, repo_config=repo_config_from_args(args),
                       extra_packages=args.extra_packages.split(), efi_installer=args.efi_installer,
-                      netinstall=args.netinstall, sign_script=args.sign_script,
+                      netinstall=args.netinstall, sign_script=sign_script_path(args.sign_script),
                       force=args.force_overwrite, progress=sys.stderr.isatty())
     build_iso(opts)
     return 0

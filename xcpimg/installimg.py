@@ -1,0 +1,376 @@
+"""Build install.img, the installer's root filesystem (create-installimg.sh).
+
+Steps, as the original: ``dnf --installroot`` of the dist's ``packages.lst``;
+``rpm --erase --nodeps`` of packages the installer does not need; removal of
+large unneeded files; ``/init``; the layers' ``installimg`` template tree
+(owned by root); ``depmod`` per kernel; the installer's branding links;
+systemd units enabled/disabled; dnf/rpm leftovers removed; then the tree is
+packed as a deterministic newc cpio and compressed (bzip2 by default).
+
+Everything happens in a private temporary directory that is removed on any
+exit (no mounts are used), and the output appears atomically. Runs as root:
+rpm and dnf must create files of any owner and run scriptlets in a chroot.
+
+Reproducibility: every tool runs with ``SOURCE_DATE_EPOCH`` (rpm then stamps
+it as install time), cpio mtimes are clamped to the epoch, and state that
+varies from build to build is removed or emptied (see ``VOLATILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import compress, cpio
+from .dnf import RPMDB_PATH, Dnf
+from .errors import BuildError, ConfigError, ToolError, XcpimgError
+from .fsutil import atomic_output, check_output_path, private_tempdir, remove_tree
+from .layers import Layers, resolve
+from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
+from .run import build_epoch, output, run
+
+log = logging.getLogger("xcpimg.installimg")
+
+#: packages pulled in by dependencies that the installer does not need (gpg-pubkey: every imported key)
+ERASE = ("binutils", "dracut", "gpg-pubkey", "pkgconfig", "xen-hypervisor")
+
+_BINS = ("systemd-analyze systemd-nspawn journalctl machinectl dgawk loginctl ssh-keyscan pgawk busctl "
+         "systemd-run ssh-agent timedatectl systemd-cgls localectl hostnamectl systemd-inhibit info "
+         "oldfind coredumpctl").split()
+_SBINS = ("pdata_tools oxenstored ldconfig build-locale-archive glibc_post_upgrade.x86_64 sln "
+          "install-info").split()
+#: large files the installer does not need (paths relative to the root)
+PRUNE = (tuple(f"usr/bin/{b}" for b in _BINS) + tuple(f"usr/sbin/{s}" for s in _SBINS)
+         + ("boot", "usr/share/locale", "usr/lib/locale", "usr/share/i18n/locales", "usr/libexec/xen/boot",
+            "usr/share/bash-completion", "usr/share/cracklib", "usr/lib/udev/hwdb.d"))
+
+#: units disabled in the installer (only those that exist)
+DISABLE = ("getty@tty1", "fcoe", "lldpad", "xen-init-dom0", "xenconsoled", "xenstored", "chronyd",
+           "chrony-wait")
+
+#: dnf/yum/rpm state and logs: removed (history databases carry timestamps and transaction ids)
+CLEANUP = ("var/lib/yum/yumdb", "var/lib/yum/history", "var/cache/yum", "var/cache/dnf", "var/lib/dnf",
+           "var/log/dnf.log", "var/log/dnf.librepo.log", "var/log/dnf.rpm.log", "var/log/hawkey.log",
+           "var/log/yum.log", f"{RPMDB_PATH.lstrip('/')}/.rpm.lock", f"{RPMDB_PATH.lstrip('/')}/.dbenv.lock",
+           f"{RPMDB_PATH.lstrip('/')}/rpmdb.sqlite-shm", f"{RPMDB_PATH.lstrip('/')}/rpmdb.sqlite-wal")
+#: files whose content differs on every build (random ids and seeds): removed, or emptied if kept
+VOLATILE = {"etc/machine-id": "empty", "var/lib/systemd/random-seed": "remove",
+            "var/lib/dbus/machine-id": "remove"}
+
+#: relative links created for the installer's branding (host-installer expects them)
+BRANDING_LINKS = {
+    "opt/xensource/installer/EULA": "../../../EULA",
+    "opt/xensource/installer/version.py": "../../../usr/lib/python2.7/site-packages/xcp/branding.py",
+}
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+
+
+def require_root() -> None:
+    """Refuse to start unless running as root."""
+    if os.geteuid() != 0:
+        raise XcpimgError("building install.img needs root (dnf --installroot and rpm create files "
+                          "owned by any user and run package scriptlets): run it as root")
+
+
+def installer_getty(dist: str) -> str:
+    """The getty unit the installer runs on tty2: 8.2 uses the stock one."""
+    if dist == "8.2" or dist.startswith("8.2."):
+        return "getty@tty2.service"
+    return "installer-getty@tty2.service"
+
+
+def read_package_list(path: Path) -> list[str]:
+    """Package names of a ``packages.lst`` (``#`` starts a comment)."""
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        names += line.split("#", 1)[0].split()
+    if not names:
+        raise ConfigError(f"{path} lists no package")
+    return names
+
+
+# ---------------------------------------------------------------- paths inside the root, safely
+
+def in_root(root: Path, rel: str, follow_last: bool = False) -> Path:
+    """*rel* inside *root*, resolving symlinks as if *root* were ``/`` (never escaping it).
+
+    The last component is not followed unless *follow_last* (so a link can be removed
+    or replaced as a link).
+    """
+    parts = [p for p in rel.strip("/").split("/") if p not in ("", ".")]
+    current: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        candidate = root.joinpath(*current, part)
+        if (parts or follow_last) and candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"too many levels of symbolic links resolving /{rel} in the root")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        current.append(part)
+    return root.joinpath(*current)
+
+
+def _remove(path: Path) -> bool:
+    if not (path.exists() or path.is_symlink()):
+        return False
+    remove_tree(path)
+    return True
+
+
+def _symlink(root: Path, rel: str, target: str) -> None:
+    """Create (or replace) the link /*rel* -> *target* in *root*."""
+    path = in_root(root, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        raise BuildError(f"cannot create link /{rel}: a directory is in the way")
+    _remove(path)
+    os.symlink(target, path)
+
+
+# ---------------------------------------------------------------- steps
+
+def erase_packages(root: Path) -> list[str]:
+    """``rpm --erase --nodeps`` of the ERASE packages that are installed; return their names."""
+    rpm = ["rpm", f"--root={root}", f"--dbpath={RPMDB_PATH}"]
+    installed = set(output([*rpm, "-qa", "--qf", "%{NAME}\\n"], what="list installed packages").split())
+    names = [n for n in ERASE if n in installed]
+    if names:
+        run([*rpm, "--nodeps", "--erase", "--allmatches", *names], what="erase unneeded packages")
+    return names
+
+
+def prune(root: Path) -> None:
+    """Remove the PRUNE paths and every compiled Python file under /usr."""
+    for rel in PRUNE:
+        if _remove(in_root(root, rel)):
+            log.debug("pruned /%s", rel)
+    usr = in_root(root, "usr", follow_last=True)
+    for dirpath, _dirs, files in os.walk(usr):
+        for name in files:
+            if name.endswith((".pyc", ".pyo")):
+                os.unlink(os.path.join(dirpath, name))
+
+
+def overlay(root: Path, layers: Layers) -> int:
+    """Copy the merged ``installimg`` template tree into *root*, owned by root, modes kept."""
+    tree = layers.merged_tree("installimg")
+    for rel, src in tree.items():
+        dest = in_root(root, rel)
+        parent = dest.parent
+        if not parent.is_dir():
+            parent.mkdir(parents=True, mode=0o755)
+        if dest.is_dir() and not dest.is_symlink():
+            raise BuildError(f"template file {src} would replace the directory /{rel}")
+        _remove(dest)  # never write through an existing link
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dest)
+        else:
+            shutil.copyfile(src, dest, follow_symlinks=True)
+            os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
+        os.lchown(dest, 0, 0)
+    return len(tree)
+
+
+def run_depmod(root: Path) -> list[str]:
+    """``depmod -a`` for every kernel under /lib/modules, with the root's own configuration."""
+    moddir = in_root(root, "lib/modules", follow_last=True)
+    versions = sorted(p.name for p in moddir.iterdir() if p.is_dir()) if moddir.is_dir() else []
+    confdir = in_root(root, "etc/depmod.d", follow_last=True)
+    for ver in versions:
+        argv = ["depmod", "-a", "-b", str(root)]
+        # depmod reads the host's /etc/depmod.d unless told otherwise
+        argv += ["-C", str(confdir) if confdir.is_dir() else os.devnull]
+        run([*argv, ver], what=f"depmod {ver}")
+    return versions
+
+
+def _unit_exists(root: Path, unit: str) -> bool:
+    name = unit if "." in unit else f"{unit}.service"
+    candidates = [name]
+    if "@" in name:
+        prefix, _, rest = name.partition("@")
+        candidates.append(f"{prefix}@.{rest.rpartition('.')[2]}")
+    for d in UNIT_DIRS:
+        for c in candidates:
+            p = in_root(root, f"{d}/{c}")
+            if p.exists() or p.is_symlink():
+                return True
+    return False
+
+
+def configure_units(root: Path, dist: str) -> list[str]:
+    """Enable the installer units, disable the DISABLE units that exist; return the disabled ones."""
+    systemctl = ["systemctl", f"--root={root}", "--no-reload", "-q"]
+    run([*systemctl, "enable", "installer", installer_getty(dist)], what="enable installer units")
+    present = [u for u in DISABLE if _unit_exists(root, u)]
+    if present:
+        run([*systemctl, "disable", *present], what="disable units")
+    return present
+
+
+def clean_state(root: Path) -> None:
+    """Remove package-manager history, caches, logs and per-build random state."""
+    for rel in CLEANUP:
+        _remove(in_root(root, rel))
+    rpmdb = in_root(root, RPMDB_PATH, follow_last=True)
+    if rpmdb.is_dir():
+        for p in rpmdb.glob("__db.*"):
+            p.unlink()
+    for rel, action in VOLATILE.items():
+        path = in_root(root, rel)
+        if path.is_file() and not path.is_symlink():
+            if action == "empty":
+                path.write_bytes(b"")
+            else:
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _tmpdir_for_tools(path: Path) -> Iterator[None]:
+    """Point TMPDIR of the tools run inside at *path* (in the private build dir).
+
+    dnf leaves temporary files behind when it is killed (Ctrl-C); with TMPDIR in the
+    private build directory they go away with it.
+    """
+    tempfile.gettempdir()  # pin Python's own temp dir first: it must not follow TMPDIR here
+    path.mkdir(exist_ok=True)
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old
+
+
+def _signature_error(exc: ToolError) -> BuildError | None:
+    """A one-line error naming the package whose signature dnf refused, if that is what failed."""
+    failing = re.findall(r"Failing package is: (\S+)", exc.stderr_tail)
+    if not failing:
+        return None
+    keys = re.findall(r"GPG Keys are configured as: (\S+)", exc.stderr_tail)
+    more = f" (and {len(set(failing)) - 1} more)" if len(set(failing)) > 1 else ""
+    return BuildError(f"signature check failed for package {failing[0]}{more}: not signed by "
+                      f"{keys[0] if keys else 'the configured key'} (give the right --gpgkey, or "
+                      f"--nogpgcheck for an unsigned repository)")
+
+
+def populate(root: Path, layers: Layers, repo_config: RepoConfig, dnf_dir: Path) -> None:
+    """Every step up to a finished root tree (*dnf_dir*: dnf's private dir, outside *root*)."""
+    names = read_package_list(layers.find("packages.lst"))
+    t0 = time.monotonic()
+    log.info("installing %d packages into the install.img root", len(names))
+    try:
+        with _tmpdir_for_tools(dnf_dir.parent / "tmp"):
+            Dnf(layers, repo_config, dnf_dir).install(root, names)
+    except ToolError as exc:
+        raise _signature_error(exc) or exc from None
+    log.info("installed in %.1f s", time.monotonic() - t0)
+    # dnf puts its cache and logs under the installroot (ROOT/<dnf_dir>): drop that twin tree
+    twin = in_root(root, str(dnf_dir.parent.resolve()))
+    if twin != root:
+        _remove(twin)
+    erased = erase_packages(root)
+    log.info("erased %s", " ".join(erased) or "nothing")
+    prune(root)
+    _symlink(root, "init", "/sbin/init")
+    log.info("overlaid %d template file(s)", overlay(root, layers))
+    kernels = run_depmod(root)
+    if kernels:
+        log.info("depmod for %s", " ".join(kernels))
+    yum_conf = in_root(root, "etc/yum/yum.conf", follow_last=True)
+    if yum_conf.is_file():
+        yum_conf.write_bytes(b"")
+    for rel, target in BRANDING_LINKS.items():
+        _symlink(root, rel, target)
+    disabled = configure_units(root, layers.dist)
+    log.info("units: enabled installer %s; disabled %s", installer_getty(layers.dist),
+             " ".join(disabled) or "none")
+    clean_state(root)
+
+
+def pack(root: Path, output_file: Path, compression: str, *, epoch: int) -> None:
+    """Write *root* as a compressed newc cpio into *output_file* (not atomic by itself)."""
+    t0 = time.monotonic()
+    with output_file.open("wb") as f, compress.open_compressor(f, compression) as stream:
+        size = cpio.write_newc(root, stream, epoch=epoch, keep_owner=True)  # type: ignore[arg-type]
+    log.info("packed %.1f MB of cpio into %.1f MB (%s) in %.1f s", size / 1e6,
+             output_file.stat().st_size / 1e6, compression, time.monotonic() - t0)
+
+
+def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *, compression: str = "bzip2",
+                     force: bool = False, workdir: Path | None = None) -> None:
+    """Build install.img for *layers* into *output* (atomically).
+
+    *workdir* is where the private build directory is made (default: the system
+    temp dir); it is removed whatever happens.
+    """
+    require_root()
+    compress.check_method(compression)
+    output = Path(output)
+    check_output_path(output, force)
+    layers.find("packages.lst")
+    epoch = build_epoch()
+    with private_tempdir("xcpimg-installimg-", parent=workdir) as tmp:
+        root = tmp / "root"
+        root.mkdir(mode=0o755)
+        try:
+            populate(root, layers, repo_config, tmp / "dnf")
+        except OSError as exc:
+            raise BuildError(f"building the install.img root in {tmp} failed: {_oserror(exc)}") from None
+        try:
+            with atomic_output(output, force) as part:
+                pack(root, part, compression, epoch=epoch)
+        except OSError as exc:
+            raise BuildError(f"cannot write {output}: {_oserror(exc)}") from None
+    log.info("wrote %s", output)
+
+
+def _oserror(exc: OSError) -> str:
+    return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", metavar="OUTPUT.IMG", required=True, type=Path,
+                        help="output install.img")
+    add_repo_arguments(parser)
+    parser.add_argument("--compression", choices=compress.METHODS, default=compress.DEFAULT_METHOD,
+                        help="compression of the cpio archive (default bzip2, as the original; the "
+                             "XCP-ng 4.19 kernel cannot unpack zstd)")
+    parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
+
+
+def command(args: argparse.Namespace) -> int:
+    require_root()
+    layers = resolve(args.spec)
+    cfg = repo_config_from_args(args)
+    if not cfg.gpgcheck:
+        log.warning("warning: package signatures are not checked (--nogpgcheck)")
+    build_installimg(layers, cfg, args.output, compression=args.compression, force=args.force_overwrite)
+    return 0
+
+

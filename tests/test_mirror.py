@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -387,12 +388,19 @@ def test_symlink_in_dest_pointing_outside_is_refused(server: TreeServer, upstrea
     dest = tmp_path / "mirror"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("keep me")
     dest.mkdir()
     (dest / "updates").symlink_to(elsewhere)
+    (dest / "README").symlink_to(secret)
     with pytest.raises(mirror.MirrorError, match="refusing to write through symlink"):
         mirror.mirror(url_of(server), dest)
     assert list(elsewhere.iterdir()) == []
     assert (dest / "updates").is_symlink()  # not deleted either: the run had failures
+    # a symlinked file is replaced by the real file, its target is left alone
+    assert not (dest / "README").is_symlink()
+    assert (dest / "README").read_bytes() == (upstream / "README").read_bytes()
+    assert secret.read_text() == "keep me"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +472,8 @@ def test_unreachable_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     line = _one_error_line(capsys)
     assert line.endswith("Connection refused (after 5 attempts)"), line
     assert not dest.exists()
+    assert cli.main(["mirror", "http://no-such-host.invalid/8/8.3/", str(dest)]) == 1
+    assert "no-such-host.invalid/8/8.3/: cannot resolve host (" in _one_error_line(capsys)
 
 
 def test_404_at_root(server: TreeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -518,6 +528,15 @@ def test_ipv4_only(monkeypatch: pytest.MonkeyPatch, server: TreeServer, tmp_path
     assert families and set(families) == {socket.AF_INET}
     import urllib3.util.connection as conn
     assert conn.allowed_gai_family() != socket.AF_INET or not socket.has_ipv6
+
+
+def test_progress_bar_on_request(server: TreeServer, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    mirror.mirror(url_of(server), tmp_path / "m", progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"\r\[[#-]{30}\] \d+/\d+ files", err) and err.endswith("\r\x1b[K")
+    mirror.mirror(url_of(server), tmp_path / "m2", progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_concurrent_run_is_refused(server: TreeServer, tmp_path: Path) -> None:

@@ -138,8 +138,8 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _describe(exc: BaseException) -> str:
-    """One short line for a network error (requests' own texts are a screenful)."""
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and the exceptions it wraps (requests -> urllib3 -> socket)."""
     chain: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in chain:
@@ -148,6 +148,17 @@ def _describe(exc: BaseException) -> str:
         if not isinstance(nxt, BaseException):
             nxt = next((a for a in cur.args if isinstance(a, BaseException)), None)
         cur = nxt or cur.__cause__ or cur.__context__
+    return chain
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """A name that does not resolve at all (retrying will not help; a temporary DNS failure might)."""
+    return any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in _chain(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """One short line for a network error (requests' own texts are a screenful)."""
+    chain = _chain(exc)
     for e in chain:
         if isinstance(e, socket.gaierror):
             return f"cannot resolve host ({e.strerror})"
@@ -409,6 +420,8 @@ class _Http:
                 last = exc
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     urllib3.exceptions.HTTPError, ConnectionError) as exc:
+                if _unknown_host(exc):
+                    raise _Permanent(_describe(exc)) from None
                 last = _Retryable(_describe(exc))
         raise _Permanent(f"{last} (after {RETRIES} attempts)")
 
@@ -984,6 +997,7 @@ def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = 
         finally:
             run.progress.close()
     run.stats.seconds = time.monotonic() - t0
+    run.stats.changes.sort(key=lambda line: line.split(" ", 1)[1])
     if run.stats.failed:
         raise MirrorError(f"{len(run.stats.failed)} file(s) could not be mirrored, first: "
                           f"{run.stats.failed[0]}", run.stats)

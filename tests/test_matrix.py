@@ -30,8 +30,7 @@ def built_installimg(xcp_config: MatrixConfig, repo_source: RepoSource,
     from xcpimg.layers import resolve
 
     def build(out: Path) -> None:
-        build_installimg(resolve(xcp_config.spec), repo_source.repo_config(xcp_config.dist),  # type: ignore[arg-type]
-                         out, force=True)
+        build_installimg(resolve(xcp_config.spec), repo_source.repo_config(xcp_config.spec), out, force=True)
     return shared_build(tmp_path_factory, f"{xcp_config.slug}-install.img", build)
 
 

@@ -50,12 +50,15 @@ def _normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="xcpimg", description=__doc__.splitlines()[0])
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    """The parser; with *only*, just that command's module is imported (faster start-up)."""
+    parser = argparse.ArgumentParser(prog="xcpimg", description="Build and verify XCP-ng installation media.")
     parser.add_argument("--version", action="version", version=f"xcpimg {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     handlers: dict[str, object] = {}
     for name, (modname, help_) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
@@ -81,7 +84,8 @@ def setup_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
-    parser, handlers = build_parser()
+    first = args_in[0] if args_in else None
+    parser, handlers = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(args_in)
     if not args.cmd:
         parser.print_help(sys.stderr)

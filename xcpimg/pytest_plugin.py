@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from .layers import resolve
+from .repos import RepoConfig, as_url
+
 DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
 BOOT_MODES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
 EXPENSIVE_CONFIGS = ("8.2:updates", "8.3:testing")
@@ -62,12 +65,13 @@ class RepoSource:
         major, minor = dist.split(".")[:2]
         return f"{self.root}/{major}/{major}.{minor}" if self.layout == "major" else f"{self.root}/{dist}"
 
-    def repo_config(self, dist: str) -> object:
-        from .repos import RepoConfig
+    def repo_config(self, spec: str) -> RepoConfig:
+        """Repositories for the layer spec *spec*, pointing at this source."""
+        layers = resolve(spec)
         layer_urls = {}
-        if self.linstor_root:
-            layer_urls["linstor"] = f"{self.linstor_root}/{dist.split('.')[0]}/{dist}"
-        return RepoConfig(srcurl=self.srcurl(dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey)
+        if self.linstor_root and "linstor" in layers.names:
+            layer_urls["linstor"] = f"{self.linstor_root}/{layers.dist.split('.')[0]}/{layers.dist}"
+        return RepoConfig(srcurl=self.srcurl(layers.dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey)
 
 
 def detect_layout(root: str, dist: str = "8.3") -> str:
@@ -182,7 +186,6 @@ def shared_build(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
 @pytest.fixture(scope="session")
 def repo_source(request: pytest.FixtureRequest) -> RepoSource:
     """The repository tree the matrix builds from."""
-    from .repos import as_url
     root = request.config.getoption("repo_root")
     if root:
         url = as_url(root)
@@ -210,12 +213,11 @@ def xcp_iso(xcp_config: MatrixConfig, repo_source: RepoSource, probe_initrd: Pat
 def build_matrix_iso(cfg: MatrixConfig, source: RepoSource, install_img: Path,
                      tmp_path_factory: pytest.TempPathFactory, flavour: str) -> Path:
     from .iso.build import IsoOptions, build_iso
-    from .layers import resolve
 
     def build(out: Path) -> None:
         volid = f"XCPNG_{cfg.dist.replace('.', '')}_{'NET' if cfg.netinstall else 'FULL'}"
         build_iso(IsoOptions(layers=resolve(cfg.spec), install_img=install_img, output=out, volid=volid,
-                             repo_config=source.repo_config(cfg.dist),  # type: ignore[arg-type]
+                             repo_config=source.repo_config(cfg.spec),
                              netinstall=cfg.netinstall, force=True))
     return shared_build(tmp_path_factory, f"{cfg.slug}-{flavour}.iso", build)
 
@@ -223,7 +225,6 @@ def build_matrix_iso(cfg: MatrixConfig, source: RepoSource, install_img: Path,
 def expected_cmdline_words(cfg: MatrixConfig) -> list[str]:
     """Words the installer's /proc/cmdline must hold for *cfg*."""
     from .iso.build import installer_bootargs
-    from .layers import resolve
     words = ["netinstall" if cfg.netinstall else "no-repo-gpgcheck"]
     return words + installer_bootargs(resolve(cfg.spec)).split()
 

@@ -231,6 +231,7 @@ def test_missing_iso_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(BootError) as err:
         qemu.boot(tmp_path / "nope.iso", "bios", "cd", logdir=tmp_path / "logs")
     assert str(err.value) == f"ISO not found: {tmp_path / 'nope.iso'}"
+    assert not (tmp_path / "logs").exists()
 
 
 def test_bad_firmware_path_is_one_clear_line(tmp_path: Path) -> None:
@@ -239,6 +240,7 @@ def test_bad_firmware_path_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(BootError) as err:
         qemu.boot(iso, "uefi", "cd", logdir=tmp_path / "logs", firmware_file=tmp_path / "OVMF_NOPE.fd")
     assert str(err.value) == f"firmware file not found: {tmp_path / 'OVMF_NOPE.fd'}"
+    assert not (tmp_path / "logs").exists()
 
 
 def test_qemu_that_cannot_start_gives_its_reason(tmp_path: Path) -> None:

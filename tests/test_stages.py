@@ -1,9 +1,18 @@
-"""Unit tests of the console stage matcher (recorded console text, no QEMU)."""
+"""Unit tests of the console stage matcher (recorded console text, no QEMU), and of the
+probe initrd whose /init prints the init marker."""
 
 from __future__ import annotations
 
+import gzip
+import os
+import stat
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from xcpimg.errors import UsageError
+from xcpimg.probe import Entry, build_probe_initrd, newc_archive
 from xcpimg.stages import (
     CMDLINE_PREFIX,
     INIT_MARKER,
@@ -172,3 +181,53 @@ def test_stage_index_rejects_unknown_stage() -> None:
     assert stage_index("kernel") == 2
     with pytest.raises(ValueError, match="unknown boot stage 'dom0'"):
         stage_index("dom0")
+
+
+# -- the probe initrd -------------------------------------------------------------------------
+
+def test_newc_archive_extracts_with_gnu_cpio(tmp_path: Path) -> None:
+    entries = [Entry("sub/file", stat.S_IFREG | 0o640, b"hello\n"), Entry("sub", stat.S_IFDIR | 0o755),
+               Entry("link", stat.S_IFLNK | 0o777, b"sub/file")]
+    data = newc_archive(entries, 1704067200)
+    assert len(data) % 512 == 0 and data.startswith(b"070701")
+    assert data == newc_archive(list(reversed(entries)), 1704067200)  # order-independent
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=data, cwd=out, check=True)
+    assert (out / "sub/file").read_bytes() == b"hello\n"
+    assert stat.S_IMODE((out / "sub/file").stat().st_mode) == 0o640
+    assert (out / "sub/file").stat().st_mtime == 1704067200
+    assert os.readlink(out / "link") == "sub/file"
+
+
+@pytest.mark.timeout(300)
+def test_probe_initrd_is_reproducible_and_prints_the_marker(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    build_probe_initrd(tmp_path / "a.img")
+    build_probe_initrd(tmp_path / "b.img")
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    with pytest.raises(UsageError, match="already exists"):
+        build_probe_initrd(tmp_path / "a.img")
+    raw = gzip.decompress((tmp_path / "a.img").read_bytes())
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=raw, capture_output=True, check=True).stdout
+    lines = listing.decode().splitlines()
+    names = [ln.split()[-1] if "->" not in ln else ln.split()[-3] for ln in lines]
+    assert names == sorted(names) and {"init", "bin/busybox", "bin/sh", "dev/console"} <= set(names)
+    assert all(" root     root " in ln and "Jan  1  2024" in ln for ln in lines)
+    assert any(ln.startswith("crw-------") and "5,   1" in ln and ln.endswith("dev/console") for ln in lines)
+    out = tmp_path / "root"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=raw, cwd=out, check=True,
+                   env={**os.environ, "PATH": "/usr/bin:/bin"})
+    init = (out / "init").read_text()
+    assert INIT_MARKER in init and CMDLINE_PREFIX in init and "/dev/hvc0" in init and "poweroff -f" in init
+    # The script itself, run by the host's sh with the marker lines sent to a file.
+    script = init.replace("/dev/hvc0 /dev/console", str(tmp_path / "tty"))
+    script = "\n".join(ln for ln in script.splitlines()
+                       if not ln.startswith(("mount ", "poweroff", "sleep", "export PATH")))
+    script = script.replace("cat /proc/cmdline", "echo root=x console=hvc0").replace('[ -c "$tty" ]', "true")
+    subprocess.run(["sh", "-c", script], check=True)
+    printed = (tmp_path / "tty").read_text()
+    assert f"{INIT_MARKER}\n{CMDLINE_PREFIX}root=x console=hvc0\n" in printed
+    assert parse_cmdline(printed) == "root=x console=hvc0"

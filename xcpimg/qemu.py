@@ -649,10 +649,13 @@ def boot(iso: Path, firmware: str, media: str, until: str = "init", timeout: flo
     iso = Path(iso)
     accel = accel or choose_accel()
     timeout = timeout if timeout is not None else default_timeout(until, accel)
-    logdir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="xcpimg-boot-"))
-    logdir.mkdir(parents=True, exist_ok=True)
     if not iso.is_file():
         raise BootError(f"ISO not found: {iso}")
+    for what, path in (("firmware file", firmware_file), ("OVMF VARS template", vars_template)):
+        if path is not None and not Path(path).is_file():
+            raise BootError(f"{what} not found: {path}")
+    logdir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="xcpimg-boot-"))
+    logdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         image = iso
         if no_eltorito:

@@ -11,9 +11,16 @@ Everything happens in a private temporary directory that is removed on any
 exit (no mounts are used), and the output appears atomically. Runs as root:
 rpm and dnf must create files of any owner and run scriptlets in a chroot.
 
-Reproducibility: every tool runs with ``SOURCE_DATE_EPOCH`` (rpm then stamps
-it as install time), cpio mtimes are clamped to the epoch, and state that
-varies from build to build is removed or emptied (see ``VOLATILE``).
+Reproducibility: every tool runs with ``SOURCE_DATE_EPOCH``: rpm (4.18) then
+uses it as install time and transaction id, so ``rpmdb.sqlite`` comes out
+identical; depmod's output is stable for the same modules. cpio mtimes are
+clamped to the epoch and owners are the numeric ones the RPMs gave. What still
+varies is removed: dnf's history, caches and logs (dnf also puts its cachedir
+and logdir *under* the installroot, at ``ROOT/<private dir>``: that twin tree
+goes too), rpmdb lock/WAL/``__db.*`` files, ``/var/lib/systemd/random-seed``,
+dbus's machine id; ``/etc/machine-id`` is emptied (systemd makes one at boot).
+Two builds with the same epoch and repositories give the same bytes (checked
+by the expensive tests).
 """
 
 from __future__ import annotations

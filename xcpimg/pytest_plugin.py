@@ -143,14 +143,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("boot_mode", modes)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep one configuration's tests on one xdist worker (with --dist loadgroup)."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec and "xcp_config" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(callspec.params["xcp_config"].slug))
-
-
 # ---------------------------------------------------------------- shared builds
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

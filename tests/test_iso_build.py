@@ -286,6 +286,7 @@ def test_full_boot_file_bytes(full: Built, fx: FixtureRepo) -> None:
     assert iso.read("/boot/alt/vmlinuz") == rpm_file(alt, "/boot/vmlinuz-*")
     xen = fixture_rpm(fx, ver, "base", "xen-hypervisor")
     assert iso.read("/boot/xen.gz") == rpm_file(xen, "/boot/xen-*-d.gz")
+    assert iso.read("/boot/xen.gz") != rpm_file(xen, "/boot/xen-*[0-9].gz"), "the release build was taken"
     memtest = fixture_rpm(fx, ver, "base", "memtest86+")
     if ver == "8.3":
         assert iso.read("/boot/memtest.bin") == rpm_file(memtest, "/boot/memtest.bin")

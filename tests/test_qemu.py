@@ -219,6 +219,91 @@ def test_vga_text_decodes_rows() -> None:
     assert qemu.vga_text(memory) == "Booting from DVD/CD...\nFailed to load ldlinux.c32"
 
 
+# -- the watch loop, against a scripted fake machine -----------------------------------------
+
+class FakeMachine:
+    """Stands in for Machine in qemu._watch: scripted console chunks, recorded keystrokes."""
+
+    def __init__(self, tmp: Path, chunks: list[str | None], firmware: str = "bios", stderr: str = "",
+                 vga: str = "", exits_after_script: bool = False) -> None:
+        self.cfg = MachineConfig(image=tmp / "a.iso", firmware=firmware)
+        self.logdir = tmp
+        self.serial_log, self.stderr_log, self.argv_file = tmp / "s.log", tmp / "e.log", tmp / "argv"
+        self.started_at = __import__("time").monotonic()
+        self.chunks, self.sent, self.stderr, self.vga = list(chunks), [], stderr, vga
+        self.exits = exits_after_script
+        self.proc = type("P", (), {"returncode": 0})()
+        self.dumps: list[Path] = []
+
+    def read(self, timeout: float) -> str | None:
+        return self.chunks.pop(0) if self.chunks else ""
+
+    def alive(self) -> bool:
+        return bool(self.chunks) or not self.exits
+
+    def drain(self) -> str:
+        return ""
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    def new_stderr(self) -> str:
+        out, self.stderr = self.stderr, ""
+        return out
+
+    def vga_text(self) -> str:
+        return self.vga
+
+    def screendump(self, path: Path) -> Path:
+        self.dumps.append(path)
+        return path
+
+
+def test_watch_sends_enter_at_menus_and_stops_at_init(tmp_path: Path) -> None:
+    m = FakeMachine(tmp_path, ["ISOLINUX 6.04\r\n", "boot: ", "", "(XEN) Xen version 4.17\r\n",
+                               "Automatic boot in 5 seconds\r\n", "[0.0] Linux version 6.1\r\n",
+                               "xcpimg-init: reached\r\nxcpimg-cmdline: a b\r\n", "never read"])
+    seen: list[str] = []
+    result = qemu._watch(m, "init", 30, lambda stage, _t: seen.append(stage))  # type: ignore[arg-type]
+    assert result.ok and result.cmdline == "a b" and seen == ["bootloader", "hypervisor", "kernel", "init"]
+    assert m.sent == ["\r"]            # at isolinux's prompt; not again once Xen runs
+    assert m.chunks == ["never read"] and m.dumps == []
+
+
+def test_watch_failure_names_reason_and_takes_screendump(tmp_path: Path) -> None:
+    m = FakeMachine(tmp_path, ["Welcome to GRUB!\r\n", "error: file `/boot/xen.gz' not found.\r\n"],
+                    firmware="uefi")
+    with pytest.raises(qemu.BootFailure) as err:
+        qemu._watch(m, "init", 30, None)  # type: ignore[arg-type]
+    assert err.value.result.reason == "GRUB file not found: error: file `/boot/xen.gz' not found."
+    assert "stages reached: bootloader" in str(err.value) and "Welcome to GRUB!" in str(err.value)
+    assert m.dumps == [tmp_path / "screen.png"] and err.value.result.screenshot == tmp_path / "screen.png"
+
+
+def test_watch_kvm_internal_error_on_stderr_fails(tmp_path: Path) -> None:
+    m = FakeMachine(tmp_path, [""] * 5, stderr="KVM internal error. Suberror: 1\nemulation failure\n")
+    with pytest.raises(qemu.BootFailure, match="KVM failed: KVM internal error. Suberror: 1"):
+        qemu._watch(m, "init", 30, None)  # type: ignore[arg-type]
+
+
+def test_watch_reads_bios_failures_from_vga_text(tmp_path: Path) -> None:
+    m = FakeMachine(tmp_path, [""] * 40, vga="ISOLINUX 6.04\n\nFailed to load ldlinux.c32\nBoot failed")
+    m.started_at -= 10  # the VGA screen is looked at every 3 s
+    with pytest.raises(qemu.BootFailure) as err:
+        qemu._watch(m, "init", 60, None)  # type: ignore[arg-type]
+    assert err.value.result.reason == "isolinux could not load a module (VGA): Failed to load ldlinux.c32"
+    assert "--- VGA screen ---" in str(err.value) and (tmp_path / "vga.txt").is_file()
+
+
+def test_watch_qemu_exit_before_stage_and_timeout(tmp_path: Path) -> None:
+    m = FakeMachine(tmp_path, ["(XEN) Xen version 4.17\r\n"], exits_after_script=True)
+    with pytest.raises(qemu.BootFailure, match=r"QEMU exited \(code 0\) before 'init'"):
+        qemu._watch(m, "init", 30, None)  # type: ignore[arg-type]
+    m = FakeMachine(tmp_path, ["ISOLINUX 6.04\r\n"])
+    with pytest.raises(qemu.BootFailure, match="timed out after 0.5 s waiting for 'kernel'"):
+        qemu._watch(m, "kernel", 0.5, None)  # type: ignore[arg-type]
+
+
 # -- start-up errors (QEMU may run briefly) --------------------------------------------------
 
 def _no_vm_left() -> None:

@@ -713,10 +713,15 @@ def _watch(m: Machine, until: str, timeout: float, on_stage: Callable[[str, floa
             if time.monotonic() > cmdline_wait:
                 break
         if chunk is None or not m.alive():
-            m.drain()
-            reason = f"QEMU exited (code {m.proc.returncode if m.proc else '?'}) before {until!r}"
-            if chunk is None and m.alive():
-                reason = f"the serial console closed before {until!r}"
+            rest = m.drain()  # the last words may explain the exit (or hold the stage)
+            if rest:
+                watcher.feed(rest + "\n")
+            if watcher.failure is not None:
+                reason = str(watcher.failure)
+            elif not watcher.has_reached(until):
+                reason = f"QEMU exited (code {m.proc.returncode if m.proc else '?'}) before {until!r}"
+                if m.alive():
+                    reason = f"the serial console closed before {until!r}"
             break
         if time.monotonic() > deadline:
             reason = f"timed out after {timeout:g} s waiting for {until!r}"

@@ -70,12 +70,15 @@ def test_bzip2_is_one_stream_of_many_blocks(tmp_path: Path) -> None:
     assert res.stderr.count("huff+mtf") >= 2000000 // compress.bzip2_chunk_size(1)
 
 
-def test_bzip2_worst_case_runs_fit_one_block() -> None:
-    """Runs of exactly four bytes grow by 5/4 in bzip2's first stage: still one block per chunk."""
+def test_bzip2_chunk_grown_by_rle_is_split() -> None:
+    """Runs of exactly four bytes grow by 5/4 in bzip2's first stage: such a chunk is split in two."""
     size = compress.bzip2_chunk_size(1)
     data = b"".join(bytes([i % 251]) * 4 for i in range(size // 4 + 1))[:size]
-    blob = squeeze(data, "bzip2", 2, level=1)
-    assert bz2.decompress(blob) == data
+    assert len(compress._bzip2_blocks(data, 1)) == 2
+    assert len(compress._bzip2_blocks(sample(size), 1)) == 1
+    blob = squeeze(data * 2 + b"tail", "bzip2", 2, level=1)
+    assert bz2.decompress(blob) == data * 2 + b"tail"
+    assert subprocess.run(["bzip2", "-t"], input=blob).returncode == 0
 
 
 def test_crc32_bzip2_check_value() -> None:

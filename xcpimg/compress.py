@@ -13,10 +13,12 @@ end exactly on a cpio trailer ("junk at the end of compressed archive"), and
 ``bzcat | cpio -i`` stops at the first trailer, so independent streams of
 arbitrary chunks would not do.
 
-- bzip2: each chunk is compressed alone into a one-block bzip2 stream; the
-  blocks are spliced bit by bit into one stream and the stream CRC is
-  recombined (what lbzip2 does). Chunks are small enough that the one-block
-  property always holds (bzip2's first RLE stage grows data by at most 5/4).
+- bzip2: each chunk (one block's worth of input) is compressed alone into a
+  one-block bzip2 stream; the blocks are spliced bit by bit into one stream and
+  the stream CRC is recombined (what lbzip2 does). A chunk that bzip2's first
+  RLE stage grows past one block (rare: many runs of exactly four bytes) is
+  compressed as two halves instead; each block is checked against the CRC of
+  its input before it is used.
 - gzip: raw deflate per chunk, primed with the previous 32 KiB as dictionary,
   ended by a sync flush (byte aligned), then one final empty block; CRC32 and
   size in the trailer; mtime 0 and no name in the header (what pigz does).
@@ -166,40 +168,52 @@ def crc32_bzip2(data: bytes) -> int:
 
 
 def bzip2_chunk_size(level: int) -> int:
-    """Largest input that always fits one bzip2 block at *level* (RLE1 grows data by <= 5/4)."""
-    return (100_000 * level - 19) * 4 // 5
+    """Input per chunk: one block's worth at *level* (bzip2's nblockMAX)."""
+    return 100_000 * level - 19
 
 
-def _bzip2_block(chunk: bytes, level: int) -> tuple[int, int, int]:
-    """Compress *chunk* into one bzip2 block: (bits as int, bit length, block CRC)."""
+def _bzip2_block(chunk: bytes, level: int) -> tuple[int, int, int] | None:
+    """Compress *chunk* into one bzip2 block: (bits as int, bit length, block CRC).
+
+    None when bzip2 needed more than one block (its first RLE stage made the data
+    grow past the block size).
+    """
     stream = bz2.compress(chunk, level)
     crc = crc32_bzip2(chunk)
     total = 8 * len(stream)
     value = int.from_bytes(stream, "big")
+    first_magic = int.from_bytes(stream[4:10], "big")
+    if first_magic != _BZ_BLOCK_MAGIC or int.from_bytes(stream[10:14], "big") != crc:
+        return None  # the first block does not cover the whole chunk
     # the stream ends with EOS magic (48 bits), stream CRC (32 bits), 0-7 zero padding bits
-    end = -1
     for pad in range(8):
         tail = value >> pad
         if (tail & 0xFFFFFFFF == crc and (tail >> 32) & ((1 << 48) - 1) == _BZ_EOS_MAGIC
                 and not value & ((1 << pad) - 1)):
             end = total - pad - 80  # bit offset of the EOS marker
             break
-    if end < 0:
+    else:
         raise BuildError("bzip2: cannot find the end of a compressed chunk")
-    block_crc = int.from_bytes(stream[10:14], "big")
-    first_magic = int.from_bytes(stream[4:10], "big")
-    if first_magic != _BZ_BLOCK_MAGIC or block_crc != crc:
-        # more than one block: impossible with bzip2_chunk_size(), refuse rather than corrupt
-        raise BuildError("bzip2: a chunk did not compress into exactly one block")
     nbits = end - 32
     bits = (value >> (total - end)) & ((1 << nbits) - 1)
     return bits, nbits, crc
 
 
+def _bzip2_blocks(chunk: bytes, level: int) -> list[tuple[int, int, int]]:
+    """One block for *chunk*, or (rarely: data that bzip2's RLE stage grows) blocks of its halves."""
+    block = _bzip2_block(chunk, level)
+    if block is not None:
+        return [block]
+    if len(chunk) < 2:
+        raise BuildError("bzip2: a one-byte chunk did not fit one block")
+    half = len(chunk) // 2
+    return _bzip2_blocks(chunk[:half], level) + _bzip2_blocks(chunk[half:], level)
+
+
 class _Bzip2Writer(ChunkedCompressor):
     def __init__(self, out: BinaryIO, level: int, threads: int) -> None:
         super().__init__(out, bzip2_chunk_size(level), threads,
-                         lambda chunk, _prev: _bzip2_block(chunk, level), emit=self._splice)
+                         lambda chunk, _prev: _bzip2_blocks(chunk, level), emit=self._splice)
         self.level = level
         self.acc = 0      # pending bits not yet written (fewer than 8)
         self.nacc = 0
@@ -217,10 +231,10 @@ class _Bzip2Writer(ChunkedCompressor):
         self.acc = acc & ((1 << keep) - 1)
         self.nacc = keep
 
-    def _splice(self, block: tuple[int, int, int]) -> None:
-        bits, nbits, crc = block
-        self.combined = (((self.combined << 1) | (self.combined >> 31)) & 0xFFFFFFFF) ^ crc
-        self._put_bits(bits, nbits)
+    def _splice(self, blocks: list[tuple[int, int, int]]) -> None:
+        for bits, nbits, crc in blocks:
+            self.combined = (((self.combined << 1) | (self.combined >> 31)) & 0xFFFFFFFF) ^ crc
+            self._put_bits(bits, nbits)
 
     def finish(self) -> None:
         self._put_bits(_BZ_EOS_MAGIC, 48)

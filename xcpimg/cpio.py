@@ -55,8 +55,9 @@ def walk(root: Path) -> list[tuple[bytes, str, os.stat_result]]:
     return out
 
 
-def _header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, size: int,
-            rdevmajor: int, rdevminor: int, name: bytes) -> bytes:
+def header(*, ino: int, mode: int, uid: int = 0, gid: int = 0, nlink: int, mtime: int, size: int,
+           rdevmajor: int = 0, rdevminor: int = 0, name: bytes) -> bytes:
+    """One newc member header with its NUL-terminated name, padded to 4 bytes."""
     fields = (ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdevmajor, rdevminor, len(name) + 1, 0)
     head = MAGIC + b"".join(b"%08X" % f for f in fields) + name + b"\0"
     return head + b"\0" * _pad4(len(head))
@@ -114,7 +115,7 @@ def write_newc(root: Path, out: BinaryIO, *, epoch: int, keep_owner: bool = Fals
             if size > MAX_SIZE:
                 raise BuildError(f"cpio: {path} is too large for newc ({size} bytes)")
         uid, gid = (st.st_uid, st.st_gid) if keep_owner else (0, 0)
-        head = _header(ino=ino, mode=mode, uid=uid, gid=gid, nlink=nlink,
+        head = header(ino=ino, mode=mode, uid=uid, gid=gid, nlink=nlink,
                        mtime=min(int(st.st_mtime), epoch), size=size,
                        rdevmajor=rdev_major, rdevminor=rdev_minor, name=name)
         out.write(head)
@@ -126,8 +127,7 @@ def write_newc(root: Path, out: BinaryIO, *, epoch: int, keep_owner: bool = Fals
         if size:
             out.write(b"\0" * _pad4(size))
             written += size + _pad4(size)
-    trailer = _header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, size=0,
-                      rdevmajor=0, rdevminor=0, name=TRAILER.encode())
+    trailer = header(ino=0, mode=0, nlink=1, mtime=0, size=0, name=TRAILER.encode())
     out.write(trailer)
     written += len(trailer)
     tail = (-written) % BLOCK

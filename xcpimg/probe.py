@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import debs
+from . import cpio, debs
 from .fsutil import atomic_output, private_tempdir
 from .run import build_epoch
 from .stages import CMDLINE_PREFIX, INIT_MARKER
@@ -53,30 +53,16 @@ class Entry:
     rdev: tuple[int, int] = (0, 0)
 
 
-def _newc_header(ino: int, entry: Entry, mtime: int, name: bytes, size: int) -> bytes:
-    fields = (ino, entry.mode, 0, 0, 2 if stat.S_ISDIR(entry.mode) else 1, mtime, size,
-              0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
-    return b"070701" + b"".join(b"%08X" % v for v in fields)
-
-
-def _pad(n: int) -> bytes:
-    return b"\0" * (-n % 4)
-
-
 def newc_archive(entries: list[Entry], mtime: int) -> bytes:
     """A newc cpio of *entries* sorted by path: uid/gid 0, fixed mtime, inodes numbered in order."""
     out = io.BytesIO()
     for ino, entry in enumerate(sorted(entries, key=lambda e: e.path), start=1):
-        name = entry.path.encode() + b"\0"
-        head = _newc_header(ino, entry, mtime, name, len(entry.data))
-        out.write(head + name + _pad(len(head) + len(name)))
-        out.write(entry.data + _pad(len(entry.data)))
-    trailer = Entry("TRAILER!!!", 0)
-    name = trailer.path.encode() + b"\0"
-    head = _newc_header(0, trailer, 0, name, 0)
-    out.write(head + name + _pad(len(head) + len(name)))
-    data = out.getvalue()
-    return data + b"\0" * (-len(data) % 512)
+        out.write(cpio.header(ino=ino, mode=entry.mode, nlink=2 if stat.S_ISDIR(entry.mode) else 1,
+                              mtime=mtime, size=len(entry.data), rdevmajor=entry.rdev[0],
+                              rdevminor=entry.rdev[1], name=entry.path.encode()))
+        out.write(entry.data + b"\0" * (-len(entry.data) % 4))
+    out.write(cpio.header(ino=0, mode=0, nlink=1, mtime=0, size=0, name=cpio.TRAILER.encode()))
+    return out.getvalue() + b"\0" * (-out.tell() % cpio.BLOCK)
 
 
 def probe_entries(busybox: bytes) -> list[Entry]:

@@ -235,8 +235,11 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     from .qemu import boot
     firmware, media = mode.split("-")
     where = logdir / f"{label}-{mode}"
+    # OVMF would boot a USB stick through the El Torito EFI entry (what uefi-cd already covers):
+    # disable it so that uefi-usb proves the hybrid MBR/GPT EFI partition path
+    no_eltorito = mode == "uefi-usb"
     try:
-        result = boot(iso, firmware=firmware, media=media, until="init", logdir=where)
+        result = boot(iso, firmware=firmware, media=media, until="init", logdir=where, no_eltorito=no_eltorito)
     except BootError as exc:
         pytest.fail(f"{cfg.label} {mode}: {exc}\n(logs, QEMU command line and screendump in {where})",
                     pytrace=False)

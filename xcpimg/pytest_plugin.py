@@ -229,6 +229,16 @@ def boot_logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def failure_details(logdir: Path) -> str:
+    """QEMU's command line, its stderr tail and where the serial log and screendump are."""
+    def tail(name: str, lines: int) -> str:
+        path = logdir / name
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else "(none)"
+    shots = sorted(str(p) for p in logdir.glob("*.png")) or ["(none)"]
+    return (f"QEMU command line: {tail('qemu-argv.txt', 5)}\nQEMU stderr (tail):\n{tail('qemu-stderr.log', 10)}\n"
+            f"serial log: {logdir / 'serial.log'}\nscreendump: {', '.join(shots)}")
+
+
 def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str) -> None:
     """Boot *iso* in *mode* to the init stage and check the installer's command line."""
     from .errors import BootError
@@ -241,7 +251,6 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     try:
         result = boot(iso, firmware=firmware, media=media, until="init", logdir=where, no_eltorito=no_eltorito)
     except BootError as exc:
-        pytest.fail(f"{cfg.label} {mode}: {exc}\n(logs, QEMU command line and screendump in {where})",
-                    pytrace=False)
+        pytest.fail(f"{cfg.label} {mode}: {exc}\n{failure_details(where)}", pytrace=False)
     missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
     assert not missing, f"{cfg.label} {mode}: /proc/cmdline {result.cmdline!r} lacks {missing}"

@@ -1,0 +1,88 @@
+"""The pytest plugin's pieces: matrix configs, repository layouts, shared builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xcpimg.pytest_plugin import (
+    MatrixConfig,
+    RepoSource,
+    detect_layout,
+    expected_cmdline_words,
+    failure_details,
+    shared_build,
+)
+
+
+def test_matrix_config_parsing() -> None:
+    cfg = MatrixConfig.parse("8.3:testing@netinstall")
+    assert (cfg.spec, cfg.netinstall, cfg.dist, cfg.label) == ("8.3:testing", True, "8.3", "8.3:testing@netinstall")
+    assert MatrixConfig.parse("8.2:updates") == MatrixConfig("8.2:updates", False)
+    with pytest.raises(pytest.UsageError, match="unknown flavour"):
+        MatrixConfig.parse("8.3@full")
+
+
+def _repomd(root: Path) -> None:
+    path = root / "base/x86_64/repodata/repomd.xml"
+    path.parent.mkdir(parents=True)
+    path.write_text("<repomd/>")
+
+
+def test_detect_layout(tmp_path: Path) -> None:
+    _repomd(tmp_path / "major/8/8.3")
+    _repomd(tmp_path / "flat/8.3")
+    assert detect_layout((tmp_path / "major").as_uri()) == "major"
+    assert detect_layout((tmp_path / "flat").as_uri()) == "flat"
+    with pytest.raises(pytest.UsageError, match="neither"):
+        detect_layout((tmp_path / "nothing").as_uri())
+
+
+def test_repo_source_urls() -> None:
+    major = RepoSource("file:///m", "major", None, linstor_root="file:///l")
+    assert major.srcurl("8.3") == "file:///m/8/8.3"
+    assert RepoSource("http://h/x", "flat", None).srcurl("8.2") == "http://h/x/8.2"
+    assert major.repo_config("8.3:testing").layer_srcurls == {}
+    assert major.repo_config("8.3:linstor:testing").layer_srcurls == {"linstor": "file:///l/8/8.3"}
+
+
+def test_expected_cmdline_words() -> None:
+    assert expected_cmdline_words(MatrixConfig("8.3:testing")) == ["no-repo-gpgcheck"]
+    assert expected_cmdline_words(MatrixConfig("8.3:testing", True)) == ["netinstall"]
+
+
+class _Factory:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def getbasetemp(self) -> Path:
+        return self.base
+
+
+def test_shared_build_builds_once_and_retries_after_failure(tmp_path: Path) -> None:
+    factory = _Factory(tmp_path)
+    calls: list[Path] = []
+
+    def fail(out: Path) -> None:
+        out.write_text("half")
+        raise RuntimeError("boom")
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        out.write_text("done")
+
+    with pytest.raises(RuntimeError):
+        shared_build(factory, "thing", fail)  # type: ignore[arg-type]
+    assert not (tmp_path / "xcpimg-shared/thing").exists()
+    first = shared_build(factory, "thing", build)  # type: ignore[arg-type]
+    second = shared_build(factory, "thing", build)  # type: ignore[arg-type]
+    assert first == second and first.read_text() == "done" and len(calls) == 1
+
+
+def test_failure_details_names_logs(tmp_path: Path) -> None:
+    (tmp_path / "qemu-argv.txt").write_text("qemu-system-x86_64 -m 2048\n")
+    (tmp_path / "qemu-stderr.log").write_text("oops\n")
+    (tmp_path / "screen.png").write_bytes(b"png")
+    text = failure_details(tmp_path)
+    assert "qemu-system-x86_64 -m 2048" in text and "oops" in text and str(tmp_path / "screen.png") in text

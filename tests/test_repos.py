@@ -113,8 +113,11 @@ def test_dnf_unreachable_repo(tmp_path: Path) -> None:
 def test_dnf_install_into_root(tiny_repo: Path, tmp_path: Path) -> None:
     dnf = Dnf(resolve("8.3"), RepoConfig(srcurl=tiny_repo.as_uri(), gpgcheck=False), tmp_path / "w")
     root = tmp_path / "root"
+    host_before = _host_dnf_state()
     dnf.install(root, ["app"])
+    assert _host_dnf_state() == host_before, "dnf touched the host's dnf state"
     assert (root / "usr/bin/app").read_bytes() == b"app"
     assert (root / "usr/lib/lib.so").read_bytes() == b"v2"
     assert any((root / "var/lib/rpm").iterdir()), "rpm database not at /var/lib/rpm"
     assert not (root / "root/.rpmdb").exists()
+    assert (root / "var/cache/dnf").is_dir() and not (root / "tmp").exists()

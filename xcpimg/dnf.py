@@ -24,6 +24,9 @@ log = logging.getLogger("xcpimg.dnf")
 #: where the rpm database lives inside an installroot (as on XCP-ng hosts)
 RPMDB_PATH = "/var/lib/rpm"
 
+#: dnf state inside an installroot (dnf prefixes these with the installroot)
+IN_ROOT_DIRS = {"cachedir": "/var/cache/dnf", "logdir": "/var/log", "persistdir": "/var/lib/dnf"}
+
 _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
 
 
@@ -35,7 +38,7 @@ class Dnf:
         self.cfg = cfg
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.dirs = {name: workdir / name for name in ("repos.d", "log", "persist", "empty", "dlroot", "home")}
+        self.dirs = {name: workdir / name for name in ("repos.d", "log", "persist", "empty", "dlroot", "home", "tmp")}
         for d in self.dirs.values():
             d.mkdir(exist_ok=True)
         # Debian's rpm keeps its database in ~/.rpmdb; an installroot needs the standard place
@@ -71,15 +74,28 @@ class Dnf:
         return argv
 
     def _run(self, argv: Sequence[str], what: str) -> str:
+        # TMPDIR: what a killed dnf leaves behind goes away with the work dir
+        env = {"HOME": str(self.dirs["home"]), "TMPDIR": str(self.dirs["tmp"])}
         try:
-            proc = run(argv, what=what, env={"HOME": str(self.dirs["home"])})
+            proc = run(argv, what=what, env=env)
         except ToolError as exc:
-            missing = _MISSING_RE.findall(exc.stderr_tail)
-            if missing:
-                raise BuildError(f"{what}: package {missing[0]} is not in the repositories "
-                                 f"({', '.join(self.repo_ids)})") from None
-            raise
+            raise self._explain(exc, what) or exc from None
         return proc.stdout.decode(errors="replace")
+
+    def _explain(self, exc: ToolError, what: str) -> BuildError | None:
+        """A one-line error for the failures dnf words poorly: missing package, bad signature."""
+        missing = _MISSING_RE.findall(exc.stderr_tail)
+        if missing:
+            return BuildError(f"{what}: package {missing[0]} is not in the repositories "
+                              f"({', '.join(self.repo_ids)})")
+        failing = sorted(set(re.findall(r"Failing package is: (\S+)", exc.stderr_tail)))
+        if failing:
+            keys = re.findall(r"GPG Keys are configured as: (\S+)", exc.stderr_tail)
+            more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+            return BuildError(f"signature check failed for package {failing[0]}{more}: not signed by "
+                              f"{keys[0] if keys else 'the configured key'} (give the right --gpgkey, "
+                              f"or --nogpgcheck for an unsigned repository)")
+        return None
 
     def makecache(self) -> None:
         """Fetch every repo's metadata (fails early on an unreachable or empty repo)."""
@@ -100,7 +116,13 @@ class Dnf:
         return got
 
     def install(self, root: Path, names: Iterable[str]) -> None:
-        """Install *names* into the root tree *root* (``dnf --installroot``)."""
+        """Install *names* into the root tree *root* (``dnf --installroot``).
+
+        dnf keeps its cache, logs and history inside the installroot, in their standard
+        places (``/var/cache/dnf``, ``/var/log``, ``/var/lib/dnf``): a caller that packs the
+        root removes them.
+        """
         names = list(names)
-        argv = [*self._argv("yum.conf.tmpl", root), "install", "--setopt=install_weak_deps=False"]
+        argv = [*self._argv("yum.conf.tmpl", root), *(f"--setopt={k}={v}" for k, v in IN_ROOT_DIRS.items()),
+                "install", "--setopt=install_weak_deps=False"]
         self._run([*argv, *names], f"install {len(names)} package(s) into {root}")

@@ -26,20 +26,16 @@ by the expensive tests).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import re
 import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from . import compress, cpio
 from .dnf import RPMDB_PATH, Dnf
-from .errors import BuildError, ConfigError, ToolError, XcpimgError
+from .errors import BuildError, ConfigError, XcpimgError
 from .fsutil import atomic_output, check_output_path, private_tempdir, remove_tree
 from .layers import Layers, resolve
 from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
@@ -251,53 +247,13 @@ def clean_state(root: Path) -> None:
                 path.unlink()
 
 
-@contextlib.contextmanager
-def _tmpdir_for_tools(path: Path) -> Iterator[None]:
-    """Point TMPDIR of the tools run inside at *path* (in the private build dir).
-
-    dnf leaves temporary files behind when it is killed (Ctrl-C); with TMPDIR in the
-    private build directory they go away with it.
-    """
-    tempfile.gettempdir()  # pin Python's own temp dir first: it must not follow TMPDIR here
-    path.mkdir(exist_ok=True)
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(path)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = old
-
-
-def _signature_error(exc: ToolError) -> BuildError | None:
-    """A one-line error naming the package whose signature dnf refused, if that is what failed."""
-    failing = re.findall(r"Failing package is: (\S+)", exc.stderr_tail)
-    if not failing:
-        return None
-    keys = re.findall(r"GPG Keys are configured as: (\S+)", exc.stderr_tail)
-    more = f" (and {len(set(failing)) - 1} more)" if len(set(failing)) > 1 else ""
-    return BuildError(f"signature check failed for package {failing[0]}{more}: not signed by "
-                      f"{keys[0] if keys else 'the configured key'} (give the right --gpgkey, or "
-                      f"--nogpgcheck for an unsigned repository)")
-
-
 def populate(root: Path, layers: Layers, repo_config: RepoConfig, dnf_dir: Path) -> None:
     """Every step up to a finished root tree (*dnf_dir*: dnf's private dir, outside *root*)."""
     names = read_package_list(layers.find("packages.lst"))
     t0 = time.monotonic()
     log.info("installing %d packages into the install.img root", len(names))
-    try:
-        with _tmpdir_for_tools(dnf_dir.parent / "tmp"):
-            Dnf(layers, repo_config, dnf_dir).install(root, names)
-    except ToolError as exc:
-        raise _signature_error(exc) or exc from None
+    Dnf(layers, repo_config, dnf_dir).install(root, names)
     log.info("installed in %.1f s", time.monotonic() - t0)
-    # dnf puts its cache and logs under the installroot (ROOT/<dnf_dir>): drop that twin tree
-    twin = in_root(root, str(dnf_dir.parent.resolve()))
-    if twin != root:
-        _remove(twin)
     erased = erase_packages(root)
     log.info("erased %s", " ".join(erased) or "nothing")
     prune(root)

@@ -24,7 +24,7 @@ log = logging.getLogger("xcpimg.dnf")
 #: where the rpm database lives inside an installroot (as on XCP-ng hosts)
 RPMDB_PATH = "/var/lib/rpm"
 
-#: dnf state inside an installroot (dnf prefixes these with the installroot)
+#: dnf state inside an installroot: given in the config file, dnf prefixes them with the installroot
 IN_ROOT_DIRS = {"cachedir": "/var/cache/dnf", "logdir": "/var/log", "persistdir": "/var/lib/dnf"}
 
 _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
@@ -54,17 +54,21 @@ class Dnf:
         if not self.repo_ids:
             raise BuildError(f"layers {':'.join(layers.names)} define no repository")
 
-    def _config(self, template: str) -> Path:
+    def _config(self, template: str, state_in_root: bool = False) -> Path:
         conf = self.workdir / template.removesuffix(".tmpl")
         if not conf.exists():
-            conf.write_text(render_file(self.layers.find(template), self.variables))
+            variables = {**self.variables, **(IN_ROOT_DIRS if state_in_root else {})}
+            conf.write_text(render_file(self.layers.find(template), variables))
         return conf
 
-    def _argv(self, template: str, installroot: Path) -> list[str]:
-        argv = ["dnf", "-y", f"--config={self._config(template)}", f"--releasever={self.layers.dist}",
-                f"--installroot={installroot}", f"--forcearch={self.cfg.arch}"]
-        for key in ("reposdir", "cachedir", "logdir", "persistdir"):
-            argv.append(f"--setopt={key}={self.variables[key]}")
+    def _argv(self, template: str, installroot: Path, state_in_root: bool = False) -> list[str]:
+        """dnf's argv; with *state_in_root*, cache, logs and history go inside the installroot."""
+        argv = ["dnf", "-y", f"--config={self._config(template, state_in_root)}",
+                f"--releasever={self.layers.dist}", f"--installroot={installroot}", f"--forcearch={self.cfg.arch}",
+                f"--setopt=reposdir={self.variables['reposdir']}"]
+        if not state_in_root:
+            # command-line values are taken as they are; config-file values get the installroot prefixed
+            argv += [f"--setopt={key}={self.variables[key]}" for key in IN_ROOT_DIRS]
         argv += [f"--setopt=varsdir={self.dirs['empty']}", f"--setopt=pluginconfpath={self.dirs['empty']}",
                  "--setopt=skip_if_unavailable=False",
                  # only the download plugin: others (completion cache...) write host state
@@ -123,6 +127,6 @@ class Dnf:
         root removes them.
         """
         names = list(names)
-        argv = [*self._argv("yum.conf.tmpl", root), *(f"--setopt={k}={v}" for k, v in IN_ROOT_DIRS.items()),
-                "install", "--setopt=install_weak_deps=False"]
+        argv = [*self._argv("yum.conf.tmpl", root, state_in_root=True), "install",
+                "--setopt=install_weak_deps=False"]
         self._run([*argv, *names], f"install {len(names)} package(s) into {root}")

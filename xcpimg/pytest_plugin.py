@@ -17,10 +17,10 @@ import pytest
 from filelock import FileLock
 
 from .layers import resolve
+from .qemu import BOOT_MODES
 from .repos import RepoConfig, as_url
 
 DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
-BOOT_MODES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
 EXPENSIVE_CONFIGS = ("8.2:updates", "8.3:testing")
 EXPENSIVE_BOOT_MODES = ("bios-cd", "uefi-usb")
 
@@ -242,12 +242,9 @@ def failure_details(logdir: Path) -> str:
 def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str) -> None:
     """Boot *iso* in *mode* to the init stage and check the installer's command line."""
     from .errors import BootError
-    from .qemu import boot
-    firmware, media = mode.split("-")
+    from .qemu import boot, boot_mode
+    firmware, media, no_eltorito = boot_mode(mode)
     where = logdir / f"{label}-{mode}"
-    # OVMF would boot a USB stick through the El Torito EFI entry (what uefi-cd already covers):
-    # disable it so that uefi-usb proves the hybrid MBR/GPT EFI partition path
-    no_eltorito = mode == "uefi-usb"
     try:
         result = boot(iso, firmware=firmware, media=media, until="init", logdir=where, no_eltorito=no_eltorito)
     except BootError as exc:

@@ -52,6 +52,21 @@ FIRMWARES = ("bios", "uefi")
 MEDIA = ("cd", "usb")
 QEMU = "qemu-system-x86_64"
 DEFAULT_MEMORY = 2048
+#: the four ways the matrix and the demo boot an ISO
+BOOT_MODES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
+
+
+def boot_mode(mode: str) -> tuple[str, str, bool]:
+    """(firmware, media, no_eltorito) of a boot mode name such as ``uefi-usb``.
+
+    OVMF boots a USB stick through the El Torito EFI entry when there is one, which is the
+    path uefi-cd already proves; uefi-usb disables it, so that it boots through the hybrid
+    image's EFI partition, as firmware that ignores El Torito on disks does.
+    """
+    if mode not in BOOT_MODES:
+        raise UsageError(f"unknown boot mode {mode!r} (known: {', '.join(BOOT_MODES)})")
+    firmware, media = mode.split("-")
+    return firmware, media, mode == "uefi-usb"
 #: CPU model under TCG: `max` makes Debian's dom0 die under Xen (SMAP fault); Xen's CI uses qemu64.
 TCG_CPU = "qemu64"
 #: Seconds to reach each stage under KVM; TCG gets TCG_FACTOR times as long.

@@ -16,7 +16,7 @@ import pytest
 
 from xcpimg import compress, cpio, installimg
 from xcpimg.errors import BuildError, ConfigError, XcpimgError
-from xcpimg.layers import Layers, resolve
+from xcpimg.layers import Layers, read_package_list, resolve
 from xcpimg.repos import RepoConfig
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -105,11 +105,11 @@ def test_installer_getty_and_package_list(tmp_path: Path) -> None:
     assert installimg.installer_getty("8.3") == "installer-getty@tty2.service"
     lst = tmp_path / "packages.lst"
     lst.write_text("# comment\nfoo  bar # trailing\n\nbaz\n")
-    assert installimg.read_package_list(lst) == ["foo", "bar", "baz"]
+    assert read_package_list(lst) == ["foo", "bar", "baz"]
     lst.write_text("# nothing\n")
     with pytest.raises(ConfigError, match="lists no package"):
-        installimg.read_package_list(lst)
-    real = installimg.read_package_list(resolve("8.3:testing").find("packages.lst"))
+        read_package_list(lst)
+    real = read_package_list(resolve("8.3:testing").find("packages.lst"))
     assert "kernel" in real and "host-installer-startup" in real
 
 

@@ -39,6 +39,7 @@ from filelock import FileLock
 from . import debs
 from .errors import BuildError, ConfigError, ToolError, UsageError
 from .fsutil import private_tempdir, remove_tree
+from .layers import read_package_list
 from .run import build_epoch, output, run
 
 log = logging.getLogger("xcpimg.fixture_repo")
@@ -174,15 +175,6 @@ def _pick(value: Any, ver: str, versions: tuple[str, ...]) -> Any:
     if isinstance(value, dict) and value and set(value) <= set(versions):
         return value.get(ver)
     return value
-
-
-def read_package_list(path: Path) -> list[str]:
-    """Package names of a ``packages.lst`` (one per line, ``#`` comments)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read package list {path}: {exc.strerror}") from None
-    return [name for line in lines if (name := line.split("#", 1)[0].strip())]
 
 
 def _file_specs(entries: list[dict[str, Any]], variables: Mapping[str, str], where: str) -> list[FileSpec]:

@@ -15,9 +15,8 @@ Reproducibility: every tool runs with ``SOURCE_DATE_EPOCH``: rpm (4.18) then
 uses it as install time and transaction id, so ``rpmdb.sqlite`` comes out
 identical; depmod's output is stable for the same modules. cpio mtimes are
 clamped to the epoch and owners are the numeric ones the RPMs gave. What still
-varies is removed: dnf's history, caches and logs (dnf also puts its cachedir
-and logdir *under* the installroot, at ``ROOT/<private dir>``: that twin tree
-goes too), rpmdb lock/WAL/``__db.*`` files, ``/var/lib/systemd/random-seed``,
+varies is removed: dnf's history, caches and logs (kept inside the root, in
+their standard places, while dnf runs), rpmdb lock/WAL/``__db.*`` files, ``/var/lib/systemd/random-seed``,
 dbus's machine id; ``/etc/machine-id`` is emptied (systemd makes one at boot).
 Two builds with the same epoch and repositories give the same bytes (checked
 by the expensive tests).
@@ -35,9 +34,9 @@ from pathlib import Path
 
 from . import compress, cpio
 from .dnf import RPMDB_PATH, Dnf
-from .errors import BuildError, ConfigError, XcpimgError
+from .errors import BuildError, XcpimgError
 from .fsutil import atomic_output, check_output_path, private_tempdir, remove_tree
-from .layers import Layers, resolve
+from .layers import Layers, read_package_list, resolve
 from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from .run import build_epoch, output, run
 
@@ -89,16 +88,6 @@ def installer_getty(dist: str) -> str:
     if dist == "8.2" or dist.startswith("8.2."):
         return "getty@tty2.service"
     return "installer-getty@tty2.service"
-
-
-def read_package_list(path: Path) -> list[str]:
-    """Package names of a ``packages.lst`` (``#`` starts a comment)."""
-    names: list[str] = []
-    for line in path.read_text().splitlines():
-        names += line.split("#", 1)[0].split()
-    if not names:
-        raise ConfigError(f"{path} lists no package")
-    return names
 
 
 # ---------------------------------------------------------------- paths inside the root, safely

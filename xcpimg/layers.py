@@ -67,6 +67,18 @@ class Layers:
         return dict(sorted(merged.items()))
 
 
+def read_package_list(path: Path) -> list[str]:
+    """Package names of a ``packages.lst`` (whitespace-separated, ``#`` starts a comment)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read package list {path}: {exc.strerror}") from None
+    names = [name for line in text.splitlines() for name in line.split("#", 1)[0].split()]
+    if not names:
+        raise ConfigError(f"{path} lists no package")
+    return names
+
+
 def _layer_dir(name: str, base: Path, referrer: str | None) -> Path:
     name = name.strip()
     path = Path(name) if name.startswith("/") else base / name

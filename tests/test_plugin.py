@@ -86,3 +86,24 @@ def test_failure_details_names_logs(tmp_path: Path) -> None:
     (tmp_path / "screen.png").write_bytes(b"png")
     text = failure_details(tmp_path)
     assert "qemu-system-x86_64 -m 2048" in text and "oops" in text and str(tmp_path / "screen.png") in text
+
+
+@pytest.mark.boot
+def test_matrix_runs_against_a_mirror_repo_layout(tmp_path: Path) -> None:
+    """--repo-root with the layout mirror-repos.sh makes (<root>/<dist>/<repo>/x86_64): build and boot."""
+    import subprocess
+    import sys
+
+    from xcpimg.fixture_repo import ensure_fixture_repo
+
+    fixture = ensure_fixture_repo()
+    flat = tmp_path / "mirror"
+    flat.mkdir()
+    (flat / "8.3").symlink_to(fixture.root / "8/8.3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(Path(__file__).parent / "test_matrix.py"), "-m", "not expensive",
+         "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path / 'inner'}", "--repo-root", flat.as_uri(),
+         "--xcp-config", "8.3:base", "--boot-modes", "bios-cd"],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout

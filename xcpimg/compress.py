@@ -38,7 +38,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, Self
 
 from .errors import BuildError, UsageError
 
@@ -55,6 +55,25 @@ class Writable(Protocol):
     def close(self) -> None: ...
 
 
+class _StreamContext:
+    """``with`` support for the compressing writers: finish on success, abort on error."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def default_threads() -> int:
     """Number of cores this process may use."""
     try:
@@ -65,7 +84,7 @@ def default_threads() -> int:
 
 # ---------------------------------------------------------------- generic ordered chunk pipeline
 
-class ChunkedCompressor:
+class ChunkedCompressor(_StreamContext):
     """Cut input into *chunk_size* pieces, compress them in a pool, emit results in order.
 
     *compress_chunk(chunk, previous_chunk)* runs in a worker thread and returns
@@ -143,15 +162,6 @@ class ChunkedCompressor:
             fut.cancel()
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> ChunkedCompressor:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # ---------------------------------------------------------------- bzip2: one stream of spliced blocks
@@ -344,7 +354,7 @@ class _XzWriter(ChunkedCompressor):
 
 # ---------------------------------------------------------------- zstd
 
-class _ZstdWriter:
+class _ZstdWriter(_StreamContext):
     def __init__(self, out: BinaryIO, level: int, threads: int) -> None:
         import zstandard
         # threads >= 1 always: the output of zstd's worker mode does not depend on the count,
@@ -364,15 +374,6 @@ class _ZstdWriter:
 
     def abort(self) -> None:
         self.closed = True
-
-    def __enter__(self) -> _ZstdWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # ---------------------------------------------------------------- public API

@@ -22,18 +22,16 @@ from xcpimg.fixture_repo import ensure_fixture_repo  # noqa: E402
 from xcpimg.iso.build import IsoOptions, build_iso  # noqa: E402
 from xcpimg.layers import resolve  # noqa: E402
 from xcpimg.probe import build_probe_initrd  # noqa: E402
-from xcpimg.qemu import boot, choose_accel  # noqa: E402
+from xcpimg.qemu import BOOT_MODES, boot, boot_mode, choose_accel  # noqa: E402
 from xcpimg.repos import RepoConfig  # noqa: E402
 from xcpimg.stages import STAGES  # noqa: E402
-
-MODES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--spec", default="8.3:testing")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(BOOT_MODES))
     args = ap.parse_args()
     layers = resolve(args.spec)
     repo = ensure_fixture_repo()
@@ -48,8 +46,9 @@ def main() -> int:
         print(f"accel: {choose_accel()}, repeat {args.repeat}")
         print(f"{'mode':10}" + "".join(f"{s:>12}" for s in STAGES) + f"{'total':>10}")
         for mode in args.modes.split(","):
-            firmware, media = mode.split("-")
-            runs = [boot(iso, firmware, media, logdir=work / f"{mode}-{i}") for i in range(args.repeat)]
+            firmware, media, no_eltorito = boot_mode(mode)
+            runs = [boot(iso, firmware, media, logdir=work / f"{mode}-{i}", no_eltorito=no_eltorito)
+                    for i in range(args.repeat)]
             medians = [statistics.median(r.reached[s] for r in runs) if all(s in r.reached for r in runs)
                        else float("nan") for s in STAGES]
             total = statistics.median(r.seconds for r in runs)

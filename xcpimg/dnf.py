@@ -92,6 +92,11 @@ class Dnf:
         if missing:
             return BuildError(f"{what}: package {missing[0]} is not in the repositories "
                               f"({', '.join(self.repo_ids)})")
+        unreadable = re.findall(r"Failed to download metadata for repo '([^']+)'", exc.stderr_tail)
+        if unreadable:
+            url = self.baseurls().get(unreadable[0], "?")
+            return BuildError(f"{what}: cannot read repository {unreadable[0]} at {url} "
+                              f"(no repodata/repomd.xml there, or the host is unreachable)")
         failing = sorted(set(re.findall(r"Failing package is: (\S+)", exc.stderr_tail)))
         if failing:
             keys = re.findall(r"GPG Keys are configured as: (\S+)", exc.stderr_tail)
@@ -100,6 +105,19 @@ class Dnf:
                               f"{keys[0] if keys else 'the configured key'} (give the right --gpgkey, "
                               f"or --nogpgcheck for an unsigned repository)")
         return None
+
+    def baseurls(self) -> dict[str, str]:
+        """repo id -> baseurl, from the rendered .repo files."""
+        urls: dict[str, str] = {}
+        for repo_file in sorted(self.dirs["repos.d"].glob("*.repo")):
+            current = None
+            for line in repo_file.read_text().splitlines():
+                section = re.match(r"\s*\[([^\]]+)\]", line)
+                if section:
+                    current = section.group(1)
+                elif current and (m := re.match(r"\s*baseurl\s*=\s*(\S+)", line)):
+                    urls.setdefault(current, m.group(1))
+        return urls
 
     def makecache(self) -> None:
         """Fetch every repo's metadata (fails early on an unreachable or empty repo)."""

@@ -42,7 +42,6 @@ GRUB_BUILTIN = ("part_gpt", "part_msdos", "part_apple", "iso9660", "normal", "co
                 "gzio", "search", "search_fs_file", "serial", "terminal", "ext2", "fat", "echo", "test",
                 "all_video")
 GRUB_PREFIX = "()/EFI/xenserver"
-VOLID_RE = re.compile(r"^[A-Za-z0-9_ .-]{1,32}$")
 
 
 @dataclass
@@ -69,8 +68,7 @@ def validate(opts: IsoOptions) -> None:
         raise UsageError("--sign-script is useless with --netinstall (no repository to sign)")
     if opts.efi_installer not in ("rpm", "mkimage"):
         raise UsageError(f"unknown --efi-installer {opts.efi_installer!r} (rpm or mkimage)")
-    if not VOLID_RE.match(opts.volid):
-        raise UsageError(f"volume ID {opts.volid!r} must be 1-32 characters of A-Z a-z 0-9 _ . - space")
+    master.check_volid(opts.volid)
     img = opts.install_img
     if not img.is_file() or not os.access(img, os.R_OK):
         raise UsageError(f"cannot read install.img {img}")

@@ -91,6 +91,15 @@ class Iso:
             img.write_bytes(self.read("/boot/efiboot.img"))
         return img
 
+    def efiboot_grub_cfg(self, tmp: Path) -> str:
+        """The grub.cfg inside efiboot.img."""
+        return mtools(["mtype", "-i", self.efiboot(tmp), "::/EFI/xenserver/grub.cfg"]).decode()
+
+    def boot_menus(self, tmp: Path) -> list[str]:
+        """isolinux.cfg, the ISO's grub.cfg and efiboot.img's grub.cfg."""
+        return [self.text("/boot/isolinux/isolinux.cfg"), self.text("/EFI/xenserver/grub.cfg"),
+                self.efiboot_grub_cfg(tmp)]
+
 
 def mtools(argv: list[str | Path]) -> bytes:
     return run(argv, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
@@ -382,7 +391,7 @@ def test_full_efiboot(full: Built) -> None:
     img = full.iso.efiboot(full.tmp)
     assert img.stat().st_size == EFIBOOT_SIZE
     assert efiboot_files(img) == {"/EFI/BOOT/BOOTX64.EFI", "/EFI/xenserver/grub.cfg"}
-    cfg = mtools(["mtype", "-i", img, "::/EFI/xenserver/grub.cfg"]).decode()
+    cfg = full.iso.efiboot_grub_cfg(full.tmp)
     lines = cfg.splitlines()
     at = lines.index("set timeout=5")
     assert lines[at + 1] == SEARCH_LINE
@@ -443,9 +452,7 @@ def test_netinstall_has_no_repository(netinstall: Built) -> None:
 
 
 def test_netinstall_boot_args(netinstall: Built) -> None:
-    img = netinstall.iso.efiboot(netinstall.tmp)
-    cfgs = [netinstall.iso.text("/boot/isolinux/isolinux.cfg"), netinstall.iso.text("/EFI/xenserver/grub.cfg"),
-            mtools(["mtype", "-i", img, "::/EFI/xenserver/grub.cfg"]).decode()]
+    cfgs = netinstall.iso.boot_menus(netinstall.tmp)
     for cfg in cfgs:
         entries = vmlinuz_entries(cfg)
         assert len(entries) >= 5 and all(words[:1] == ["netinstall"] for words in entries), entries
@@ -491,9 +498,7 @@ def test_signed_treeinfo_and_boot_args(signed: Built) -> None:
     treeinfo = signed.iso.text("/.treeinfo")
     assert re.search(rf"(?m)^key1 = RPM-GPG-KEY-{SIGN_NICK}$", treeinfo)
     assert not re.search(r"(?m)^\s*[#;]\s*key1", treeinfo)
-    img = signed.iso.efiboot(signed.tmp)
-    cfgs = [signed.iso.text("/boot/isolinux/isolinux.cfg"), signed.iso.text("/EFI/xenserver/grub.cfg"),
-            mtools(["mtype", "-i", img, "::/EFI/xenserver/grub.cfg"]).decode()]
+    cfgs = signed.iso.boot_menus(signed.tmp)
     for cfg in cfgs:
         assert len(vmlinuz_entries(cfg)) >= 5
         assert "no-repo-gpgcheck" not in cfg and "netinstall" not in cfg
@@ -532,9 +537,7 @@ def test_mkimage_grub_modules_and_image(mkimage: Built, fx: FixtureRepo) -> None
 
 
 def test_overlay_layer_bootargs_in_every_entry(mkimage: Built) -> None:
-    img = mkimage.iso.efiboot(mkimage.tmp)
-    cfgs = [mkimage.iso.text("/boot/isolinux/isolinux.cfg"), mkimage.iso.text("/EFI/xenserver/grub.cfg"),
-            mtools(["mtype", "-i", img, "::/EFI/xenserver/grub.cfg"]).decode()]
+    cfgs = mkimage.iso.boot_menus(mkimage.tmp)
     for cfg in cfgs:
         entries = vmlinuz_entries(cfg)
         assert len(entries) >= 5

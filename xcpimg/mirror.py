@@ -343,14 +343,24 @@ def parse_primary(path: Path) -> dict[str, Expect]:
     return out
 
 
-def _file_matches(path: Path, expect: Expect) -> bool:
-    """Whether the regular file *path* (never a symlink) has the expected size and checksum."""
+def _sized_file(path: Path, expect: Expect) -> os.stat_result | None:
+    """lstat of *path* if it is a regular file (never a symlink) of the expected size."""
     try:
         st = os.lstat(path)
     except OSError:
-        return False
+        return None
     if not stat.S_ISREG(st.st_mode) or (expect.size is not None and st.st_size != expect.size):
-        return False
+        return None
+    return st
+
+
+def _file_matches(path: Path, expect: Expect) -> bool:
+    """Whether the regular file *path* (never a symlink) has the expected size and checksum."""
+    return _sized_file(path, expect) is not None and _digest_matches(path, expect)
+
+
+def _digest_matches(path: Path, expect: Expect) -> bool:
+    """Whether *path* hashes to the expected checksum (without one, only a known size counts)."""
     if not expect.algo:
         return expect.size is not None
     h = hashlib.new(expect.algo)
@@ -863,17 +873,14 @@ class _Run:
     def _covered_ok(self, rel: str, exp: Expect, repo: _Repo) -> bool:
         """Whether the local copy of a repodata-listed file is the expected one."""
         path = self.local(rel)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or (exp.size is not None and st.st_size != exp.size):
+        st = _sized_file(path, exp)
+        if st is None:
             return False
         trusted = repo.trusted.get(rel)
         if trusted is not None and exp.algo and (trusted.algo, trusted.digest) == (exp.algo, exp.digest) \
                 and st.st_mtime <= repo.trusted_until:
             return True  # verified when the live repodata was put in place, untouched since
-        return _file_matches(path, exp)
+        return _digest_matches(path, exp)
 
     # -- deletion ------------------------------------------------------------------------
     def clean_temps(self) -> None:

@@ -26,7 +26,7 @@ from ..layers import Layers, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
-from ..run import build_epoch, run, which
+from ..run import build_epoch, run
 from . import efiboot, master
 
 log = logging.getLogger("xcpimg.iso")
@@ -177,9 +177,15 @@ def add_bios_loader(rpms: BootRpms, tree: Path) -> bytes:
     """isolinux and pxelinux files; returns isohdpfx.bin (MBR code for the hybrid image)."""
     syslinux = rpms["syslinux"]
     libs = [f for f in SYSLINUX6_LIBS if syslinux.glob(f"/usr/share/syslinux/{f}")]
+    extracted: dict[str, Path] = {}  # each file is read from the package once
     for subdir, names in (("isolinux", SYSLINUX_FILES), ("pxelinux", PXELINUX_FILES)):
         for fname in (*names, *libs):
-            rpms.copy("syslinux", f"/usr/share/syslinux/{fname}", tree / "boot" / subdir / fname)
+            dest = tree / "boot" / subdir / fname
+            if fname in extracted:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(extracted[fname], dest)
+            else:
+                extracted[fname] = rpms.copy("syslinux", f"/usr/share/syslinux/{fname}", dest)
     return syslinux.extract_file(rpms.one("syslinux", "/usr/share/syslinux/isohdpfx.bin"))
 
 
@@ -190,12 +196,12 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
     grub = rpms["grub-efi"]
     moddir_rpm = "/usr/lib/grub/x86_64-efi"
     unpack = scratch / "grub-efi"
-    grub.extract(unpack, [p for p in grub.glob(f"{moddir_rpm}/*")])
+    grub.extract(unpack, grub.glob(f"{moddir_rpm}/*"))
     moddir = unpack / moddir_rpm.lstrip("/")
     if not (moddir / "moddep.lst").is_file():
         raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
     out = scratch / "grubx64.efi"
-    run([which("grub-mkimage"), "--directory", moddir, "--prefix", GRUB_PREFIX, "--output", out,
+    run(["grub-mkimage", "--directory", moddir, "--prefix", GRUB_PREFIX, "--output", out,
          "--format", "x86_64-efi", "--compression", "auto", *GRUB_BUILTIN], what="build the GRUB EFI image")
     shutil.copytree(moddir, tree / "boot/grub/x86_64-efi")
     return out

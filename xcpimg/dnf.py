@@ -33,7 +33,7 @@ _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: avail
 class Dnf:
     """dnf bound to one layer search path and repo configuration, working in *workdir*."""
 
-    def __init__(self, layers: Layers, cfg: RepoConfig, workdir: Path, cachedir: Path | None = None):
+    def __init__(self, layers: Layers, cfg: RepoConfig, workdir: Path):
         self.layers = layers
         self.cfg = cfg
         self.workdir = workdir
@@ -43,8 +43,8 @@ class Dnf:
             d.mkdir(exist_ok=True)
         # Debian's rpm keeps its database in ~/.rpmdb; an installroot needs the standard place
         (self.dirs["home"] / ".rpmmacros").write_text(f"%_dbpath {RPMDB_PATH}\n")
-        self.cachedir = cachedir or workdir / "cache"
-        self.cachedir.mkdir(parents=True, exist_ok=True)
+        self.cachedir = workdir / "cache"
+        self.cachedir.mkdir(exist_ok=True)
         self.variables = {
             "arch": cfg.arch, "dist": layers.dist, "reposdir": self.dirs["repos.d"],
             "cachedir": self.cachedir, "logdir": self.dirs["log"], "persistdir": self.dirs["persist"],
@@ -118,11 +118,6 @@ class Dnf:
                 elif current and (m := re.match(r"\s*baseurl\s*=\s*(\S+)", line)):
                     urls.setdefault(current, m.group(1))
         return urls
-
-    def makecache(self) -> None:
-        """Fetch every repo's metadata (fails early on an unreachable or empty repo)."""
-        self._run([*self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), "makecache"],
-                  "read repository metadata")
 
     def download(self, names: Iterable[str], dest: Path, resolve: bool = False) -> list[Path]:
         """Download *names* (and with *resolve* their dependency closure) into *dest*."""

@@ -7,7 +7,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .errors import UsageError
 from .layers import Layers
@@ -95,8 +94,7 @@ def _override_key(text: str, key: str, value: str) -> str:
     return re.sub(rf"(?m)^(\s*{key}\s*=).*$", lambda m: f"{m.group(1)}{value}", text)
 
 
-def write_repo_files(layers: Layers, cfg: RepoConfig, reposdir: Path,
-                     extra_vars: Mapping[str, object] | None = None) -> list[str]:
+def write_repo_files(layers: Layers, cfg: RepoConfig, reposdir: Path) -> list[str]:
     """Render one .repo file per repo layer and custom repo into *reposdir*; return repo ids."""
     reposdir.mkdir(parents=True, exist_ok=True)
     repo_layers = {t.parent.name: t for t in reversed(layers.find_all("yum-repos.conf.tmpl"))}
@@ -105,7 +103,7 @@ def write_repo_files(layers: Layers, cfg: RepoConfig, reposdir: Path,
         raise UsageError(f"--srcurl:{unknown[0]} names no repo layer of {':'.join(layers.names)}")
     gpgkey = cfg.gpgkey or default_gpgkey(layers)
     base_vars = {"arch": cfg.arch, "dist": layers.dist, "gpgkey": gpgkey,
-                 "gpgcheck": int(cfg.gpgcheck), **(extra_vars or {})}
+                 "gpgcheck": int(cfg.gpgcheck)}
     ids: list[str] = []
     for layer in [d.name for d in layers.dirs if d.name in repo_layers]:
         text = render_file(repo_layers[layer], {**base_vars, "layer": layer,
@@ -129,7 +127,3 @@ def default_gpgkey(layers: Layers) -> str:
     """URL of the XCP-ng key shipped in the layers (offline machines cannot fetch xcp-ng.org's)."""
     key = layers.find_optional("RPM-GPG-KEY-xcpng")
     return key.resolve().as_uri() if key else "https://xcp-ng.org/RPM-GPG-KEY-xcpng"
-
-
-def is_local(url: str) -> bool:
-    return urlparse(url).scheme == "file"

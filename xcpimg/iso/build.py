@@ -59,7 +59,6 @@ class IsoOptions:
     sign_script: Path | None = None
     force: bool = False
     progress: bool = False
-    cachedir: Path | None = None
 
 
 def validate(opts: IsoOptions) -> None:
@@ -252,7 +251,7 @@ def build_iso(opts: IsoOptions) -> None:
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
-        dnf = Dnf(layers, opts.repo_config, work / "dnf", cachedir=opts.cachedir)
+        dnf = Dnf(layers, opts.repo_config, work / "dnf")
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))

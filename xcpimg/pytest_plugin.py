@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from .fsutil import remove_tree
 from .layers import resolve
 from .qemu import BOOT_MODES
 from .repos import RepoConfig, as_url
@@ -166,7 +167,6 @@ def shared_build(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
         if not final.exists():
             tmp = root / f".{name}.tmp"
             if tmp.exists():
-                from .fsutil import remove_tree
                 remove_tree(tmp)
             build(tmp)
             tmp.rename(final)

@@ -70,7 +70,7 @@ def boot_mode(mode: str) -> tuple[str, str, bool]:
 #: CPU model under TCG: `max` makes Debian's dom0 die under Xen (SMAP fault); Xen's CI uses qemu64.
 TCG_CPU = "qemu64"
 #: Seconds to reach each stage under KVM; TCG gets TCG_FACTOR times as long.
-BASE_TIMEOUTS = {"bootloader": 15.0, "hypervisor": 25.0, "kernel": 30.0, "init": 75.0}
+BASE_TIMEOUTS = {"bootloader": 15.0, "hypervisor": 25.0, "kernel": 30.0, "init": 75.0, "installer": 120.0}
 TCG_FACTOR = 4.0
 #: Seconds allowed for QEMU to create its sockets, and for it to exit after `quit`.
 START_TIMEOUT = 15.0
@@ -624,7 +624,7 @@ class BootResult:
     accel: str
     until: str
     reached: dict[str, float]          # stage -> seconds after the VM started running
-    cmdline: str | None                # /proc/cmdline reported by init, if init was reached
+    cmdline: str | None                # the kernel command line (init's /proc/cmdline, else the kernel's)
     seconds: float                     # wall time of the whole boot, QEMU start to stop
     logdir: Path
     serial_log: Path
@@ -634,6 +634,8 @@ class BootResult:
     implied: set[str] = field(default_factory=set)  # stages not seen, implied by a later one
     reason: str | None = None          # why the boot failed (None on success)
     tail: str = ""                     # last console lines
+    warnings: list[str] = field(default_factory=list)  # GRUB errors it recovered from
+    installer: tuple[str, str, str] | None = None      # (brand, version, kernel) of the first screen
 
     @property
     def ok(self) -> bool:
@@ -747,7 +749,8 @@ def _watch(m: Machine, until: str, timeout: float, on_stage: Callable[[str, floa
                         reached=dict(watcher.reached), cmdline=watcher.cmdline, seconds=seconds,
                         logdir=m.logdir, serial_log=m.serial_log, stderr_log=m.stderr_log,
                         argv_file=m.argv_file, screenshot=screenshot, implied=set(watcher.implied),
-                        reason=reason, tail=watcher.tail(20))
+                        reason=reason, tail=watcher.tail(20), warnings=list(watcher.warnings),
+                        installer=watcher.installer)
     if reason is None:
         return result
     if vga_seen and cfg.firmware == "bios" and not watcher.has_reached("hypervisor"):
@@ -790,5 +793,9 @@ def command(args: argparse.Namespace) -> int:
                   on_stage=show)
     if result.cmdline is not None:
         print(f"cmdline    {result.cmdline}")
+    if result.installer is not None:
+        print(f"installer  {result.installer[0]} {result.installer[1]} (kernel {result.installer[2]})")
+    for warning in result.warnings:
+        print(f"warning    {warning}")
     print(f"logs       {result.logdir}", file=sys.stderr)
     return 0

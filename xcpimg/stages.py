@@ -1,9 +1,13 @@
 """What each boot stage looks like on the serial console, and a watcher that tracks them.
 
 Stages, in order: ``bootloader`` (isolinux/menu.c32 or GRUB), ``hypervisor`` (the Xen
-banner), ``kernel`` (``Linux version``) and ``init`` (the marker printed by the probe
-initrd or the fixture install.img). Known failure patterns end a boot at once.
-Everything here is pure: feed text, read results; no QEMU involved.
+banner), ``kernel`` (``Linux version``), ``init`` (the marker printed by the probe initrd,
+or a real init system's first kernel-log line) and ``installer`` (the installer's first
+screen, ``Welcome to XCP-ng - Version ...``, which a real install.img shows on hvc0 when
+booted interactively). The kernel command line is read from the kernel's own
+``Command line:`` line (or the init marker's report of /proc/cmdline), so it is known for
+any image. Known failure patterns end a boot at once; GRUB errors it recovers from are
+kept as warnings. Everything here is pure: feed text, read results; no QEMU involved.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-STAGES: tuple[str, ...] = ("bootloader", "hypervisor", "kernel", "init")
+STAGES: tuple[str, ...] = ("bootloader", "hypervisor", "kernel", "init", "installer")
 
 #: The line printed by the probe initrd and the fixture install.img once /init runs.
 INIT_MARKER = "xcpimg-init: reached"
 #: Prefix of the next line; the rest of that line is the contents of /proc/cmdline.
 CMDLINE_PREFIX = "xcpimg-cmdline: "
+#: The dom0 kernel's report of its command line (``Command line:`` from setup_arch, or
+#: ``Kernel command line:``); Xen's own ``(XEN) Command line:`` is not the kernel's.
+KERNEL_CMDLINE = re.compile(r"^(?:\[\s*\d+\.\d+\]\s*)?(?:Kernel c|C)ommand line: ?(.*)$")
+#: The installer's first screen (host-installer: "Welcome to %s - Version %s (Kernel %s)").
+INSTALLER_WELCOME = re.compile(r"Welcome to (\S.*?) - Version (\S+)(?: \(Kernel ([^)\s]+)\))?")
 
 #: stage -> console regexes meaning the stage was reached.
 STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
@@ -38,7 +47,12 @@ STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
         r"\bXen version \d+\.\d+",
     )),
     "kernel": (re.compile(r"\bLinux version \d"),),
-    "init": (re.compile(re.escape(INIT_MARKER)),),
+    "init": (
+        re.compile(re.escape(INIT_MARKER)),
+        re.compile(r"\bsystemd\[1\]: systemd \d+\S* running in system mode"),  # systemd as PID 1
+        re.compile(r"\binit: version \d\S* booting"),                         # sysvinit
+    ),
+    "installer": (INSTALLER_WELCOME,),
 }
 
 #: Console text after which an Enter skips a bootloader timeout: kind -> regex.
@@ -51,6 +65,8 @@ ENTER_PROMPTS: dict[str, re.Pattern[str]] = {
 #: (description, regex, stage) of console lines that end a boot as failed, matched on whole
 #: lines; a pattern with a stage applies only until that stage is reached (firmware and
 #: bootloader messages mean nothing once Xen runs: dom0 may print "Failed to load ...").
+#: GRUB goes on after most ``error:`` lines (a module missing for ``insmod``, an unknown
+#: command): only those it cannot recover from are here, the others are warnings.
 FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], str | None], ...] = tuple(
     (d, re.compile(p), until) for d, p, until in (
         ("kernel panic", r"Kernel panic - not syncing", None),
@@ -62,16 +78,18 @@ FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], str | None], ...] = tuple(
         ("isolinux could not find the kernel", r"Could not find kernel image", "hypervisor"),
         ("mboot.c32 could not load a file", r"Loading \S+\.\.\. failed", "hypervisor"),
         ("mboot.c32 could not load a file", r"No files found!", "hypervisor"),
-        ("GRUB file not found", r"error: file .* not found", "hypervisor"),
+        ("GRUB file not found", r"error: file [`'](?![^`']*\.mod')[^`']*' not found", "hypervisor"),
         ("GRUB found no such device", r"error: no such device", "hypervisor"),
-        ("GRUB error", r"error: .* not found", "hypervisor"),
         ("GRUB error", r"error: you need to load the kernel first", "hypervisor"),
-        ("GRUB error", r"error: (?:unknown command|invalid magic number|out of memory)", "hypervisor"),
+        ("GRUB error", r"error: (?:invalid magic number|out of memory)", "hypervisor"),
         ("GRUB rescue prompt", r"grub rescue>", "hypervisor"),
         ("Xen panic", r"Panic on CPU \d+", None),
         ("Xen dom0 crashed", r"Hardware Dom0 crashed", None),
         ("KVM failed", r"KVM internal error", None),
     ))
+
+#: GRUB error lines that are not failures: kept as warnings of the boot (until Xen runs).
+GRUB_WARNING = re.compile(r"\berror: .+")
 
 #: Failure patterns that are prompts (no newline follows): also matched on the unfinished line.
 _PROMPT_FAILURES = tuple(f for f in FAILURE_PATTERNS if f[0] == "GRUB rescue prompt")
@@ -98,12 +116,24 @@ def clean(text: str) -> str:
     return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
+def kernel_cmdline(line: str) -> str | None:
+    """The dom0 kernel's command line if *line* is its ``Command line:`` report (not Xen's)."""
+    found = KERNEL_CMDLINE.match(line.strip())
+    return found.group(1).strip() if found else None
+
+
 def parse_cmdline(text: str) -> str | None:
-    """The kernel command line reported by the init marker in *text*, or None when absent."""
-    for line in clean(text).splitlines():
+    """The kernel command line in *text*: the init marker's report of /proc/cmdline, else the
+    kernel's own ``Command line:`` line; None when neither is there."""
+    lines = clean(text.replace("\r\n", "\n")).splitlines()
+    for line in lines:
         idx = line.find(CMDLINE_PREFIX)
         if idx >= 0:
             return line[idx + len(CMDLINE_PREFIX):].strip()
+    for line in lines:
+        found = kernel_cmdline(line)
+        if found is not None:
+            return found
     return None
 
 
@@ -141,6 +171,9 @@ class ConsoleWatcher:
 
     Reaching a stage implies the earlier ones (a bootloader silent on serial is still a
     bootloader that worked): those are recorded at the same time and listed in ``implied``.
+    ``cmdline`` is the init marker's /proc/cmdline when it reports one, else the kernel's
+    ``Command line:``; ``warnings`` holds GRUB errors it recovered from; ``installer`` the
+    (brand, version, kernel) of the installer's first screen once seen.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, start: float | None = None) -> None:
@@ -149,6 +182,9 @@ class ConsoleWatcher:
         self.reached: dict[str, float] = {}
         self.implied: set[str] = set()
         self.cmdline: str | None = None
+        self.kernel_cmdline: str | None = None
+        self.installer: tuple[str, str, str] | None = None
+        self.warnings: list[str] = []
         self.failure: Failure | None = None
         self._raw_tail = ""
         self._partial = ""
@@ -215,8 +251,17 @@ class ConsoleWatcher:
         for stage in STAGES:
             if stage not in self.reached and any(p.search(line) for p in STAGE_PATTERNS[stage]):
                 self._mark(stage, update)
-        if complete and self.cmdline is None and CMDLINE_PREFIX in line:
+        if complete and CMDLINE_PREFIX in line and (self.cmdline is None or self.cmdline == self.kernel_cmdline):
             self.cmdline = line[line.index(CMDLINE_PREFIX) + len(CMDLINE_PREFIX):].strip()
+        if complete and self.kernel_cmdline is None:
+            found = kernel_cmdline(line)
+            if found is not None:
+                self.kernel_cmdline = found
+                self.cmdline = self.cmdline or found
+        if self.installer is None and "installer" in self.reached:
+            welcome = INSTALLER_WELCOME.search(line)
+            if welcome:
+                self.installer = (welcome.group(1), welcome.group(2), welcome.group(3) or "")
         if not any(s in self.reached for s in STAGES[1:]):
             for kind, rx in ENTER_PROMPTS.items():
                 if kind not in self._partial_prompts and rx.search(line):
@@ -228,6 +273,15 @@ class ConsoleWatcher:
             if found:
                 self.failure = found
                 update.failure = found
+            elif complete and "hypervisor" not in self.reached:
+                self._warn(line)
+
+    def _warn(self, line: str) -> None:
+        for benign in BENIGN_PATTERNS:
+            line = benign.sub("", line)
+        found = GRUB_WARNING.search(line)
+        if found and len(self.warnings) < 50:
+            self.warnings.append(shorten(found.group(0)))
 
     @staticmethod
     def _failure_in(line: str, complete: bool, reached: dict[str, float]) -> Failure | None:

@@ -408,16 +408,18 @@ class _Payloads:
     def deb_root(self, alias: str) -> Path:
         return self.unpacked[alias]
 
-    def generate(self, what: str) -> Path:
-        if what in self.generated:
-            return self.generated[what]
+    def generate(self, what: str, ver: str) -> Path:
+        """The generated file *what* for version *ver* (made once per version where it differs)."""
+        key = f"{what}-{ver}" if what == "grub-efi-image" else what
+        if key in self.generated:
+            return self.generated[key]
         if what == "xen-release-image":
             out = self._xen_release_image()
         elif what == "grub-efi-image":
-            out = self._grub_image()
+            out = self._grub_image(ver)
         else:
             raise ConfigError(f"fixtures: unknown generator {what!r}")
-        self.generated[what] = out
+        self.generated[key] = out
         return out
 
     def _xen_release_image(self) -> Path:
@@ -430,12 +432,13 @@ class _Payloads:
                 shutil.copyfileobj(fin, fout)
         return out
 
-    def _grub_image(self) -> Path:
+    def _grub_image(self, ver: str) -> Path:
         img = self.fx.repo["grub_image"]
+        omit = set(img.get("omit", {}).get(ver, ()))
         moddir = self.deb_root("grub") / "usr/lib/grub" / img["format"]
-        out = self.work / "grubx64.efi"
+        out = self.work / f"grubx64-{ver}.efi"
         run(["grub-mkimage", "-O", img["format"], "-p", img["prefix"], "-d", moddir, "-o", out,
-             *img["modules"]], what="build the fixture GRUB image")
+             *[m for m in img["modules"] if m not in omit]], what="build the fixture GRUB image")
         return out
 
 
@@ -467,7 +470,7 @@ def stage(pkg: Package, dest: Path, fx: Fixtures, payloads: _Payloads) -> None:
         elif spec.kind == "deb":
             shutil.copyfile(_one_match(payloads.deb_root(spec.source), spec.pattern, what), target)
         elif spec.kind == "generate":
-            shutil.copyfile(payloads.generate(spec.source), target)
+            shutil.copyfile(payloads.generate(spec.source, pkg.vars["ver"]), target)
         elif spec.kind == "tree":
             src = _one_match(payloads.deb_root(spec.source), spec.pattern, what)
             if spec.include:
@@ -615,8 +618,10 @@ def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[
         payloads = _Payloads(fx, work, deb_versions)
         specs = [s for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files]
         payloads.prepare({s.source for s in specs if s.kind in ("deb", "tree")})
-        for generator in sorted({s.source for s in specs if s.kind == "generate"}):
-            payloads.generate(generator)
+        for ver in fx.versions:
+            for generator in sorted({s.source for p in plans[ver].values() for pkg in p for s in pkg.files
+                                     if s.kind == "generate"}):
+                payloads.generate(generator, ver)
         dest.mkdir()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             jobs = [pool.submit(build_version, fx, ver, plans[ver], dest, work / ver, payloads)

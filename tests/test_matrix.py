@@ -7,6 +7,7 @@ carries a real install.img built from the same repositories.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ from xcpimg.pytest_plugin import MatrixConfig, RepoSource, boot_and_check, build
 
 @pytest.mark.boot
 def test_iso_boots_to_installer_init(xcp_config: MatrixConfig, boot_mode: str, xcp_iso: Path,
-                                     boot_logdir: Path) -> None:
-    boot_and_check(xcp_iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-probe")
+                                     boot_logdir: Path, record_property: Callable[[str, object], None]) -> None:
+    boot_and_check(xcp_iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-probe", record_property)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,6 @@ def built_installimg(xcp_config: MatrixConfig, repo_source: RepoSource,
 @pytest.mark.boot
 def test_built_installimg_iso_boots(xcp_config: MatrixConfig, boot_mode: str, built_installimg: Path,
                                     repo_source: RepoSource, tmp_path_factory: pytest.TempPathFactory,
-                                    boot_logdir: Path) -> None:
+                                    boot_logdir: Path, record_property: Callable[[str, object], None]) -> None:
     iso = build_matrix_iso(xcp_config, repo_source, built_installimg, tmp_path_factory, "installimg")
-    boot_and_check(iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-installimg")
+    boot_and_check(iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-installimg", record_property)

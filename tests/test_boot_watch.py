@@ -203,6 +203,9 @@ def test_budgets_from_the_medium_payload(tmp_path: Path) -> None:
      "GRUB image?)"),
     ("tftp://10.0.2.2/pxelinux.0... No such file or directory (http://ipxe.org/2d12618e)\r\n",
      "network boot program not found on the TFTP server"),
+    ("  NBP filesize is 0 Bytes\r\n  PXE-E23: Client received TFTP error from server.\r\n",
+     "network boot program not found on the TFTP server"),
+    ("  PXE-E16: No valid offer received.\r\n", "firmware network boot failed"),
     ("No more network devices\r\n", "network boot found no server or boot program"),
     ("Unable to locate configuration file\r\n", "pxelinux found no pxelinux.cfg"),
 ])

@@ -90,7 +90,9 @@ FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], str | None], ...] = tuple(
         # network boot (iPXE ROMs, pxelinux)
         ("network boot program not found on the TFTP server",
          r"tftp://\S+\.\.\. ?(?:No such file|Permission denied|Operation not permitted)", "bootloader"),
+        ("network boot program not found on the TFTP server", r"PXE-E23: Client received TFTP error", "bootloader"),
         ("network boot found no server or boot program", r"No more network devices", "bootloader"),
+        ("firmware network boot failed", r"PXE-E\d\d: .+", "bootloader"),
         ("pxelinux found no pxelinux.cfg", r"Unable to locate configuration file", "hypervisor"),
         ("Xen panic", r"Panic on CPU \d+", None),
         ("Xen dom0 crashed", r"Hardware Dom0 crashed", None),

@@ -108,7 +108,8 @@ def fixture_iso(repo_source: RepoSource, probe_initrd: Path, tmp_path_factory: p
 def test_bios_pxe_from_a_tree_with_bootargs(fixture_iso: Path, tmp_path: Path) -> None:
     tree = make_pxe_tree(PxeOptions(fixture_iso, tmp_path / "tree", bootargs="xcpimg-pxe-marker=1"))
     result = boot(tree, "bios", "pxe", logdir=tmp_path / "logs")
-    assert result.ok and result.media == "pxe" and list(result.reached) == ["bootloader", "hypervisor", "kernel", "init"]
+    assert result.ok and result.media == "pxe"
+    assert list(result.reached) == ["bootloader", "hypervisor", "kernel", "init"]
     assert result.cmdline is not None
     assert {"netinstall", "xcpimg-pxe-marker=1", "console=hvc0"} <= set(result.cmdline.split())
     assert "PXELINUX 6" in result.serial_log.read_text(errors="replace")

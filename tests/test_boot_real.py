@@ -129,6 +129,23 @@ def test_uefi_pxe_from_a_tree_with_answerfile(fixture_iso: Path, tmp_path: Path)
 
 
 @pytest.mark.boot
+def test_uefi_pxe_of_a_mkimage_iso(repo_source: RepoSource, probe_initrd: Path,
+                                   tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """`--efi-installer mkimage` builds efinet and tftp into GRUB: its ISO network-boots under UEFI."""
+    from xcpimg.iso.build import IsoOptions, build_iso
+    from xcpimg.layers import resolve
+
+    def build(out: Path) -> None:
+        build_iso(IsoOptions(layers=resolve("8.3:testing"), install_img=probe_initrd, output=out, volid="MKIMAGE",
+                             repo_config=repo_source.repo_config("8.3:testing"), netinstall=True,
+                             efi_installer="mkimage", force=True))
+    iso = shared_build(tmp_path_factory, "8.3_testing-netinstall-mkimage.iso", build)
+    result = boot(iso, "uefi", "pxe", logdir=tmp_path)
+    assert result.ok and result.cmdline is not None and "netinstall" in result.cmdline.split()
+    _no_vm_left()
+
+
+@pytest.mark.boot
 def test_pxe_tree_without_ldlinux_fails_fast(fixture_iso: Path, tmp_path: Path) -> None:
     tree = make_pxe_tree(PxeOptions(fixture_iso, tmp_path / "tree"))
     (tree / "ldlinux.c32").unlink()

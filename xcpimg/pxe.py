@@ -1,4 +1,4 @@
-"""`xcpimg pxe-tree`: a network boot tree (TFTP/HTTP root) made from an installation ISO.
+"""`xcpimg pxe-tree`: a network boot tree (a TFTP/HTTP root) made from an ISO.
 
 The layout follows the XCP-ng documentation (REFERENCE 4.4). BIOS: ``pxelinux.0`` and the
 syslinux modules at the root, ``pxelinux.cfg/default`` generated from the ISO's own

@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_boot.py [--repeat 3] [--spec 8.3:testing] [--modes bios-cd,uefi-usb]
 
 Builds (or reuses) an ISO from the embedded fixture repository with the probe
-initrd as install.img, boots it --repeat times in each mode, and prints the
-median time from VM start to bootloader, hypervisor, kernel and init.
+initrd as install.img, boots it --repeat times in each mode (the PXE modes
+network-boot its PXE tree), and prints the median time from VM start to
+bootloader, hypervisor, kernel and init.
 """
 
 from __future__ import annotations

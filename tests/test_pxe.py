@@ -190,7 +190,8 @@ def test_pxe_tree_from_xorriso_iso(fixture_isos: dict[str, Path], names: list[st
     check_tree(theirs, iso)
 
 
-def _small_iso(tmp_path: Path, isolinux_cfg: str, links: dict[str, str] | None = None) -> Path:
+def _small_iso(tmp_path: Path, isolinux_cfg: str, links: dict[str, str] | None = None,
+               extra: dict[str, bytes] | None = None) -> Path:
     tree = tmp_path / "src"
     (tree / "boot/isolinux").mkdir(parents=True)
     (tree / "boot/pxelinux").mkdir(parents=True)
@@ -200,6 +201,8 @@ def _small_iso(tmp_path: Path, isolinux_cfg: str, links: dict[str, str] | None =
     (tree / "boot/isolinux/isolinux.cfg").write_text(isolinux_cfg)
     for name, target in (links or {}).items():
         os.symlink(target, tree / name)
+    for name, data in (extra or {}).items():
+        (tree / name).write_bytes(data)
     iso = tmp_path / "small.iso"
     run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o", iso, tree])
     return iso
@@ -217,6 +220,16 @@ def test_config_paths_never_leave_the_tree(tmp_path: Path, caplog: pytest.LogCap
     assert "KERNEL mboot.c32\n  APPEND xcp-ng/etc/hostname --- xcp-ng/xen.gz x" in default
     assert "names /etc/hostname, which the ISO does not have" in caplog.text
     assert "no UEFI (GRUB) boot" in caplog.text
+
+
+def test_display_files_and_their_images_follow_into_the_prefix(tmp_path: Path) -> None:
+    iso = _small_iso(tmp_path, "DISPLAY pg_main\nF2 /boot/isolinux/pg_main\nLABEL x\n  KERNEL mboot.c32\n",
+                     extra={"boot/isolinux/pg_main": b"\x18splash.lss\nWelcome\n", "boot/isolinux/splash.lss": b"LSS"})
+    tree = make_pxe_tree(PxeOptions(iso, tmp_path / "tree", prefix="p"))
+    default = (tree / "pxelinux.cfg/default").read_text()
+    assert "DISPLAY p/isolinux/pg_main\nF2 p/isolinux/pg_main\n" in default
+    assert (tree / "p/isolinux/pg_main").read_bytes() == b"\x18p/isolinux/splash.lss\nWelcome\n"
+    assert (tree / "p/isolinux/splash.lss").read_bytes() == b"LSS"
 
 
 def test_links_on_the_iso_are_not_followed(tmp_path: Path) -> None:

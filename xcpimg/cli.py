@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "installimg": ("xcpimg.installimg", "build install.img (create-installimg.sh)"),
     "mirror": ("xcpimg.mirror", "mirror XCP-ng yum repositories (mirror-repos.sh)"),
     "boot": ("xcpimg.boot.cli", "boot an ISO in QEMU and report the stages reached"),
-    "pxe-tree": ("xcpimg.pxe", "write a PXE (TFTP/HTTP) network boot tree from an ISO"),
+    "pxe-tree": ("xcpimg.pxe.cli", "write a PXE (TFTP/HTTP) network boot tree from an ISO"),
     "probe-initrd": ("xcpimg.probe", "write the probe initrd used as a stand-in install.img"),
     "fixture-repo": ("xcpimg.fixture_repo", "build the embedded fixture repository"),
     "sample-sign": ("xcpimg.sign", "sample sign script: sign an ISO tree's repodata with gpg"),

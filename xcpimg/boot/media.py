@@ -108,7 +108,7 @@ def disable_eltorito(iso: Path, copy: Path) -> Path:
 
 def iso_payload_bytes(iso: Path) -> int:
     """Total size of PAYLOAD_FILES on *iso*; 0 when it cannot be read as an ISO."""
-    from ..pxe import IsoReader
+    from ..iso.reader import IsoReader
     try:
         with IsoReader(iso) as reader:
             return sum(reader.size(p) for p in PAYLOAD_FILES if reader.is_file(p))

@@ -26,7 +26,7 @@ from .machine import MachineConfig
 #: the previous stage was reached. TCG gets TCG_FACTOR times as long.
 STAGE_BUDGETS: dict[str, tuple[float, float]] = {
     "bootloader": (8.0, 0.0),    # firmware start (for PXE: DHCP, TFTP of the boot program)
-    "hypervisor": (10.0, 0.1),   # menu (Enter skips it), loading Xen, dom0 kernel, install.img
+    "hypervisor": (6.0, 0.1),    # menu (Enter skips it), loading Xen, dom0 kernel, install.img
     "kernel": (8.0, 0.0),        # Xen up to the dom0 kernel's banner
     "init": (20.0, 0.25),        # dom0 boot, unpacking install.img, init starting
     "installer": (60.0, 0.0),    # init up to the installer's first screen

@@ -326,7 +326,7 @@ def test_full_treeinfo(full: Built, fx: FixtureRepo) -> None:
         key, eq, value = line.partition("=")
         if eq:
             values[key.strip()] = " ".join(shlex.split(value))
-    values["timestamp"] = str(build_epoch())
+    values["timestamp"] = f"{build_epoch()}.00"  # date +%s.00, as upstream
     template = resolve(full.spec).find("iso/.treeinfo").read_text()
     expected = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: values[m.group(1)], template)
     expected = re.sub(r"(?m)^key", "#key", expected)
@@ -339,7 +339,7 @@ def test_full_treeinfo(full: Built, fx: FixtureRepo) -> None:
     parsed.read_string(text)
     assert parsed["general"]["version"] == values["PRODUCT_VERSION"]
     assert parsed["general"]["family"] == values["PRODUCT_BRAND"] == "XCP-ng"
-    assert parsed["general"]["timestamp"] == str(build_epoch())
+    assert parsed["general"]["timestamp"] == f"{build_epoch()}.00"
     assert values["PRODUCT_VERSION"].startswith(full.ver)
 
 
@@ -546,6 +546,31 @@ def test_overlay_layer_bootargs_in_every_entry(mkimage: Built) -> None:
     # only after /vmlinuz: the Xen command lines do not get them
     xen_lines = [line for line in cfgs[1].splitlines() if "multiboot2 /boot/xen.gz" in line]
     assert xen_lines and not any(OVERLAY_WORDS[0] in line for line in xen_lines)
+
+
+def test_layer_grub_efiboot_patch_changes_efiboot_grub_cfg(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                          fx: FixtureRepo, install_img: Path) -> None:
+    """A downstream layer written for the bash tools: its grub-efiboot-cfg.patch (applied with
+    patch to a copy of EFI/xenserver/grub.cfg) makes efiboot.img's grub.cfg; the ISO's is unchanged."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    grub_cfg = resolve("8.3:testing").find("iso/EFI/xenserver/grub.cfg").read_text()
+    assert "set timeout=5\n" in grub_cfg
+    changed = grub_cfg.replace("set timeout=5\n", "set timeout=5\nsearch --file --set /install.img\n"
+                                                   "echo xcpimg-downstream-patch\n")
+    assert changed != grub_cfg
+    (tmp_path / "a").write_text(grub_cfg)
+    (tmp_path / "b").write_text(changed)
+    diff = subprocess.run(["diff", "-u", "--label", "a/EFI/xenserver/grub.cfg", "--label", "b/EFI/xenserver/grub.cfg",
+                           tmp_path / "a", tmp_path / "b"], capture_output=True, text=True).stdout
+    assert diff.startswith("--- a/EFI/xenserver/grub.cfg")
+    (layer / "grub-efiboot-cfg.patch").write_text(diff)
+    path = build(tmp_path_factory, fx, install_img, f"8.3:testing:{layer}", "efiboot-patch")
+    iso = Iso(path)
+    iso_cfg = iso.text("/EFI/xenserver/grub.cfg")  # the template with the boot arguments inserted
+    assert "xcpimg-downstream-patch" not in iso_cfg
+    assert iso.efiboot_grub_cfg(tmp_path) == iso_cfg.replace(
+        "set timeout=5\n", "set timeout=5\nsearch --file --set /install.img\necho xcpimg-downstream-patch\n")
 
 
 # ----------------------------------------------------------------------------------- repos (CLI)
@@ -779,10 +804,21 @@ def bad_cases() -> dict[str, Callable[[Path, FixtureRepo, pytest.FixtureRequest]
         return Case(["-o", "OUT", "-V", "X", "--sign-script", s, *std(fx), "8.3:testing", "IMG"], 1,
                     ("SHA1", "repomd.xml.asc"))
 
+    def efiboot_patch_fails(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        layer = t / "layer"
+        layer.mkdir()
+        (layer / "grub-efiboot-cfg.patch").write_text(
+            "--- a/EFI/xenserver/grub.cfg\n+++ b/EFI/xenserver/grub.cfg\n@@ -10,6 +10,7 @@\n"
+            " set timeout=50\n insmod nothing\n set default=9\n+echo never\n"
+            " menuentry \"elsewhere\" {\n  chainloader /nope\n }\n")
+        return Case(["-o", "OUT", "-V", "X", *std(fx), f"8.3:testing:{layer}", "IMG"], 1,
+                    ("grub-efiboot-cfg.patch", str(layer), "does not apply"))
+
     return {f.__name__.replace("_", "-"): f for f in (
         missing_img, img_is_dir, img_unreadable, existing, out_is_dir, no_volid, no_output, define_no_bang,
         srcurl_no_layer, srcurl_unknown_layer, sign_netinstall, sign_not_found, absent_package,
-        xen_without_debug, empty_repo, unreachable_file, unreachable_http, sign_fails, sign_nothing, sign_sha1)}
+        xen_without_debug, empty_repo, unreachable_file, unreachable_http, sign_fails, sign_nothing, sign_sha1,
+        efiboot_patch_fails)}
 
 
 BAD_CASES = bad_cases()

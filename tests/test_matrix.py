@@ -1,7 +1,8 @@
-"""The build-and-boot matrix: every configuration's ISO boots to the installer's init.
+"""The build-and-boot matrix: every configuration's ISO boots to the installer.
 
-Cheap tier: the ISO carries the probe initrd as install.img. Expensive tier: it
-carries a real install.img built from the same repositories.
+Cheap tier: the ISO carries the probe initrd as install.img and boots to its init.
+Expensive tier: it carries a real install.img built from the same repositories and
+boots through its init system to the installer's first screen on the serial console.
 """
 
 from __future__ import annotations
@@ -40,4 +41,9 @@ def test_built_installimg_iso_boots(xcp_config: MatrixConfig, boot_mode: str, bu
                                     repo_source: RepoSource, tmp_path_factory: pytest.TempPathFactory,
                                     boot_logdir: Path) -> None:
     iso = build_matrix_iso(xcp_config, repo_source, built_installimg, tmp_path_factory, "installimg")
-    boot_and_check(iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-installimg")
+    result = boot_and_check(iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-installimg",
+                            until="installer")
+    assert result.installer is not None
+    brand, version, _kernel = result.installer
+    assert version.startswith(xcp_config.dist), f"the installer says version {version}, the ISO is {xcp_config.dist}"
+    assert brand

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from .fsutil import remove_tree
 from .layers import resolve
-from .qemu import BOOT_MODES
+from .qemu import BOOT_MODES, BootResult
 from .repos import RepoConfig, as_url
 
 DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
@@ -239,15 +239,18 @@ def failure_details(logdir: Path) -> str:
             f"serial log: {logdir / 'serial.log'}\nscreendump: {', '.join(shots)}")
 
 
-def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str) -> None:
-    """Boot *iso* in *mode* to the init stage and check the installer's command line."""
+def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str,
+                   until: str = "init") -> BootResult:
+    """Boot *iso* in *mode* to *until* (``init`` for the probe initrd, ``installer`` for a real
+    install.img) and check the kernel command line the boot reported."""
     from .errors import BootError
     from .qemu import boot, boot_mode
     firmware, media, no_eltorito = boot_mode(mode)
     where = logdir / f"{label}-{mode}"
     try:
-        result = boot(iso, firmware=firmware, media=media, until="init", logdir=where, no_eltorito=no_eltorito)
+        result = boot(iso, firmware=firmware, media=media, until=until, logdir=where, no_eltorito=no_eltorito)
     except BootError as exc:
         pytest.fail(f"{cfg.label} {mode}: {exc}\n{failure_details(where)}", pytrace=False)
     missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
-    assert not missing, f"{cfg.label} {mode}: /proc/cmdline {result.cmdline!r} lacks {missing}"
+    assert not missing, f"{cfg.label} {mode}: kernel command line {result.cmdline!r} lacks {missing}"
+    return result

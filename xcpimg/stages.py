@@ -258,8 +258,8 @@ class ConsoleWatcher:
             if found is not None:
                 self.kernel_cmdline = found
                 self.cmdline = self.cmdline or found
-        if self.installer is None and "installer" in self.reached:
-            welcome = INSTALLER_WELCOME.search(line)
+        if "installer" in self.reached and (self.installer is None or not self.installer[2]):
+            welcome = INSTALLER_WELCOME.search(line)  # again on the completed line: a chunk may cut it
             if welcome:
                 self.installer = (welcome.group(1), welcome.group(2), welcome.group(3) or "")
         if not any(s in self.reached for s in STAGES[1:]):

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..dnf import Dnf
-from ..errors import BuildError, UsageError
+from ..errors import BuildError, ConfigError, ToolError, UsageError
 from ..fsutil import check_output_path, private_tempdir
-from ..layers import Layers, resolve
+from ..layers import Layers, configs_dir, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
@@ -206,9 +206,21 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
     return out
 
 
-def efiboot_grub_cfg(layers: Layers, iso_cfg: str) -> str:
-    """The ISO's grub.cfg with the layers' efiboot lines inserted after ``set timeout=``."""
+#: upstream's layer file for the efiboot grub.cfg change: a patch applied to a copy of grub.cfg
+EFIBOOT_PATCH = "grub-efiboot-cfg.patch"
+
+
+def efiboot_grub_cfg(layers: Layers, iso_cfg: str, scratch: Path) -> str:
+    """The grub.cfg placed in efiboot.img: the ISO's, changed by upstream's ``grub-efiboot-cfg.patch``
+    (applied with ``patch``) when a layer holds one, else by ``efiboot-grub.cfg`` (lines inserted
+    after ``set timeout=``; base has the default). A layer's ``efiboot-grub.cfg`` wins over a
+    patch only when that layer comes first in the search path."""
     extra_file = layers.find_optional("efiboot-grub.cfg")
+    patch_file = layers.find_optional(EFIBOOT_PATCH)
+    if patch_file is not None:
+        default = extra_file is None or extra_file.parent == configs_dir() / "base"
+        if default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
+            return apply_patch(patch_file, iso_cfg, scratch)
     extra = extra_file.read_text() if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
     for i, line in enumerate(lines):
@@ -217,13 +229,32 @@ def efiboot_grub_cfg(layers: Layers, iso_cfg: str) -> str:
     return extra + iso_cfg
 
 
+def apply_patch(patch_file: Path, text: str, scratch: Path) -> str:
+    """*text* (the ISO's grub.cfg) changed by the layer file *patch_file*, applied with ``patch``;
+    a patch that does not apply is a ConfigError naming the layer file."""
+    work = scratch / "efiboot-patch"
+    work.mkdir()
+    original, patched = work / "grub.cfg", work / "grub.cfg.patched"
+    original.write_text(text)
+    try:
+        run(["patch", "--batch", "--forward", "--silent", "--fuzz=1", "--no-backup-if-mismatch", f"--reject-file={work / 'rej'}",
+             f"--output={patched}", f"--input={patch_file}", "--", str(original)], cwd=work,
+            what=f"apply {patch_file}")
+    except ToolError as exc:
+        if exc.returncode is None:
+            raise  # patch is not installed, or could not start
+        raise ConfigError(f"layer file {patch_file} does not apply to EFI/xenserver/grub.cfg: "
+                          f"{(exc.stderr_tail or str(exc)).splitlines()[-1]}") from None
+    return patched.read_text()
+
+
 def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch: int) -> None:
     """Full image: .treeinfo from branding, Packages/ with dependencies, createrepo_c, signature."""
     branding = parse_branding(rpms["branding-xcp-ng"].extract_file(
         rpms.one("branding-xcp-ng", "/usr/src/branding/branding")).decode())
     treeinfo = tree / ".treeinfo"
     if treeinfo.is_file():
-        variables = {**branding, "timestamp": epoch, "TIMESTAMP": f"{epoch}.00"}
+        variables = {**branding, "timestamp": f"{epoch}.00", "TIMESTAMP": f"{epoch}.00"}  # date +%s.00, as upstream
         treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
     packages = tree / "Packages"
     dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
@@ -263,7 +294,7 @@ def build_iso(opts: IsoOptions) -> None:
         isohdpfx = add_bios_loader(rpms, tree)
         loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
         grub_cfg = scratch / "grub-efiboot.cfg"
-        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
+        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text(), scratch))
         efiboot.make_efiboot(tree / "boot/efiboot.img", {
             "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
         shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")

@@ -131,7 +131,9 @@ def _boot_modes(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``xcp_config`` and ``boot_mode`` over the matrix."""
     expensive = metafunc.definition.get_closest_marker("expensive") is not None
-    if "xcp_config" in metafunc.fixturenames:
+    explicit = {name for m in metafunc.definition.iter_markers("parametrize")
+                for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
+    if "xcp_config" in metafunc.fixturenames and "xcp_config" not in explicit:
         configs = _configs(metafunc.config)
         if expensive:
             wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]

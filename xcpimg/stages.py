@@ -249,7 +249,7 @@ class ConsoleWatcher:
 
     def _scan(self, line: str, update: Update, complete: bool) -> None:
         for stage in STAGES:
-            if stage not in self.reached and any(p.search(line) for p in STAGE_PATTERNS[stage]):
+            if stage not in self.reached and any(self._seen(p, line, complete) for p in STAGE_PATTERNS[stage]):
                 self._mark(stage, update)
         if complete and CMDLINE_PREFIX in line and (self.cmdline is None or self.cmdline == self.kernel_cmdline):
             self.cmdline = line[line.index(CMDLINE_PREFIX) + len(CMDLINE_PREFIX):].strip()
@@ -275,6 +275,15 @@ class ConsoleWatcher:
                 update.failure = found
             elif complete and "hypervisor" not in self.reached:
                 self._warn(line)
+
+    @staticmethod
+    def _seen(pattern: re.Pattern[str], line: str, complete: bool) -> bool:
+        """*pattern* matches *line*; the installer's first screen only once its text is whole (a
+        chunk may end in the middle of the version: "Version 8" of "Version 8.3 (Kernel ...)")."""
+        found = pattern.search(line)
+        if found is None or complete or pattern is not INSTALLER_WELCOME:
+            return found is not None
+        return found.group(3) is not None or found.end() < len(line)
 
     def _warn(self, line: str) -> None:
         for benign in BENIGN_PATTERNS:

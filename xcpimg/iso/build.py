@@ -201,7 +201,7 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
         raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
     # copied first: a link leaving the module tree is refused before grub-mkimage reads anything
     moddir = tree / "boot/grub/x86_64-efi"
-    copy_tree(unpack / moddir_rpm.lstrip("/"), moddir)
+    copy_tree(unpack / moddir_rpm.lstrip("/"), moddir, what=f"{grub.nevra} {moddir_rpm}")
     if not (moddir / "moddep.lst").is_file():
         raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
     out = scratch / "grubx64.efi"

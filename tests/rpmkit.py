@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from xcpimg.run import run
@@ -72,12 +77,22 @@ def fixture_sign(rpms: list[Path]) -> None:
     sign(load_fixtures(), rpms)
 
 
-def throwaway_key(home: Path, uid: str = "other signer <other@xcpimg.invalid>") -> str:
-    """Generate a passphrase-less RSA signing key in the new GNUPGHOME *home*; return its uid."""
-    home.mkdir(mode=0o700)
-    run(["gpg", "--homedir", home, "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign",
-         "never"])
-    return uid
+OTHER_UID = "other signer <other@xcpimg.invalid>"
+
+
+@contextlib.contextmanager
+def throwaway_gnupghome(uid: str = OTHER_UID) -> Iterator[Path]:
+    """A short-path GNUPGHOME (gpg-agent's socket path must stay short) holding a fresh passphrase-less
+    RSA signing key *uid*; its agent is stopped and the directory removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix="xk", dir="/tmp"))
+    os.chmod(home, 0o700)
+    try:
+        run(["gpg", "--homedir", home, "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048",
+             "sign", "never"])
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def tamper(rpm: Path, offset: int = -100) -> None:

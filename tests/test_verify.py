@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rpmkit import build_rpm, fixture_sign, sign_rpms, tamper, throwaway_key
+from rpmkit import OTHER_UID, build_rpm, fixture_sign, sign_rpms, tamper, throwaway_gnupghome
 
 from xcpimg import dnf as dnf_mod
 from xcpimg import verify
@@ -30,14 +29,8 @@ FIXTURE_KEY = load_fixtures().dir / load_fixtures().repo["key"]["public"]
 
 @pytest.fixture(scope="module")
 def other_home() -> Iterator[Path]:
-    """A short-path GNUPGHOME holding a throwaway signing key (gpg-agent's socket path must stay short)."""
-    top = Path(tempfile.mkdtemp(prefix="xv", dir="/tmp"))
-    try:
-        throwaway_key(top / "g")
-        yield top / "g"
-    finally:
-        subprocess.run(["gpgconf", "--homedir", top / "g", "--kill", "all"], capture_output=True, check=False)
-        shutil.rmtree(top, ignore_errors=True)
+    with throwaway_gnupghome() as home:
+        yield home
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def rpms(tmp_path_factory: pytest.TempPathFactory, other_home: Path) -> dict[str
     for kind in ("good", "unsigned", "other", "tampered"):
         out[kind] = build_rpm(tmp / kind, f"xcpimg-{kind}", files={f"/usr/share/{kind}": kind.encode() * 5000})
     fixture_sign([out["good"], out["tampered"]])
-    sign_rpms([out["other"]], other_home, "other signer <other@xcpimg.invalid>")
+    sign_rpms([out["other"]], other_home, OTHER_UID)
     tamper(out["tampered"])
     return out
 

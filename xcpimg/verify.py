@@ -153,7 +153,7 @@ class Keyring:
                 verdicts.append(f"does not match its signature (tampered or damaged): {bad[0]}")
             elif nokey := [m.group(1) for ln in lines if (m := _NOKEY_RE.search(ln))]:
                 verdicts.append(f"is signed by key ID {nokey[0]}, which is not among the repository "
-                                f"keys ({' '.join(self.urls)})")
+                                f"keys ({' '.join(self.urls)}): give its key with --gpgkey")
             elif not any("ignature" in ln and ln.endswith(": OK") for ln in lines):
                 verdicts.append("is not signed (give --nogpgcheck to accept unsigned packages)")
             elif not all(ln.endswith(": OK") or ln.endswith(": NOTFOUND") for ln in lines):

@@ -550,7 +550,7 @@ def test_concurrent_run_is_refused(server: TreeServer, tmp_path: Path) -> None:
 # the project's fixture repository
 
 def test_fixture_repository(tmp_path: Path) -> None:
-    fixture_repo = pytest.importorskip("xcpimg.fixture_repo")
+    from xcpimg import fixture_repo
     repo = fixture_repo.ensure_fixture_repo()
     root = Path(repo.root)
     versions = sorted(p.name for p in (root / "8").iterdir() if p.is_dir())

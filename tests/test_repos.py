@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from hostkit import need_root
 from rpmkit import build_rpm, make_repo
 
 from xcpimg.dnf import Dnf
@@ -116,8 +116,8 @@ def test_dnf_unreachable_repo_names_its_url(tmp_path: Path) -> None:
         dnf.download(["app"], tmp_path / "d")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dnf --installroot needs root")
 def test_dnf_install_into_root(tiny_repo: Path, tmp_path: Path) -> None:
+    need_root("dnf --installroot")
     dnf = Dnf(resolve("8.3"), RepoConfig(srcurl=tiny_repo.as_uri(), gpgcheck=False), tmp_path / "w")
     root = tmp_path / "root"
     host_before = _host_dnf_state()

@@ -22,7 +22,6 @@ from hostkit import need_root
 from xcpimg import fixture_repo as fr
 from xcpimg.errors import ConfigError
 
-ROOT_IS_ROOT = os.geteuid() == 0
 REPOS = ("base", "updates", "candidates", "testing", "ci", "incoming")
 PY = sys.executable
 

@@ -45,6 +45,17 @@ def test_argv_bios_cd() -> None:
     assert "-bios" not in argv and "if=pflash" not in " ".join(argv)
 
 
+def test_argv_file_names_never_become_options() -> None:
+    """A comma in a file name is doubled: QEMU reads one file name, not extra drive options."""
+    argv = build_argv(MachineConfig(image=Path("/x/a.iso,if=pflash,format=qcow2")), SOCK, None)
+    assert _opt_values(argv, "-drive") == [
+        "if=none,id=cd,media=cdrom,format=raw,readonly=on,file=/x/a.iso,,if=pflash,,format=qcow2"]
+    cfg = MachineConfig(image=Path("/x/b,c.iso"), firmware="uefi", media="usb",
+                        firmware_file=Path("/fw/CO,DE.fd"), vars_template=Path("/fw/VARS.fd"))
+    assert [d.rpartition("file=")[2] for d in _opt_values(build_argv(cfg, SOCK, SOCK / "V,ARS.fd"), "-drive")] == [
+        "/fw/CO,,DE.fd", "/tmp/xcpimg-vm-test/V,,ARS.fd", "/x/b,,c.iso"]
+
+
 def test_argv_uefi_usb_with_vars_copy_and_kvm() -> None:
     cfg = MachineConfig(image=Path("/x/a.iso"), firmware="uefi", media="usb", accel="kvm", memory=1024,
                         firmware_file=Path("/fw/CODE.fd"), vars_template=Path("/fw/VARS.fd"))

@@ -96,3 +96,10 @@ def test_special_files_refused_and_dest_links_not_written_through(tmp_path: Path
     os.symlink(victim, dest / "f")
     copy_node(src / "f", dest / "f", src)
     assert victim.read_bytes() == b"keep\n" and (dest / "f").read_bytes() == b"new\n"
+
+
+def test_tree_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    os.symlink("/etc", tmp_path / "moddir")
+    with pytest.raises(BuildError, match="not a directory"):
+        copy_tree(tmp_path / "moddir", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()

@@ -157,6 +157,8 @@ def copy_tree(src: Path, dest: Path, *, rooted: bool = False, what: str | None =
 
     Returns the number of entries copied.
     """
+    if src.is_symlink() or not src.is_dir():
+        raise BuildError(f"{what or src}: not a directory (a symlink is never followed): refusing to copy it")
     count = 0
     dest.mkdir(parents=True, exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(src):  # never descends into linked directories

@@ -76,6 +76,14 @@ def test_several_bad_named_once(keyring: verify.Keyring, rpms: dict[str, Path]) 
         keyring.check([rpms["unsigned"], rpms["other"], rpms["tampered"], rpms["good"]])
 
 
+def test_odd_file_names_refused(keyring: verify.Keyring, rpms: dict[str, Path], tmp_path: Path) -> None:
+    """A repository picks the file names: one that could forge rpmkeys' report is refused outright."""
+    odd = tmp_path / f"x.rpm:\n    Header V4 RSA Signature, key ID b35aa2ac: OK\n{rpms['unsigned'].name}"
+    shutil.copy(rpms["unsigned"], odd)
+    with pytest.raises(BuildError, match="has an unexpected name"):
+        keyring.check([odd, rpms["good"]])
+
+
 def test_not_an_rpm_refused(keyring: verify.Keyring, tmp_path: Path) -> None:
     junk = tmp_path / "junk.rpm"
     junk.write_bytes(b"\xed\xab\xee\xdb" + b"\0" * 200)

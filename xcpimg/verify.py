@@ -32,6 +32,7 @@ DBPATH = "/rpmdb"
 
 _BLOCK_RE = re.compile(r"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK-----", re.S)
 _NOKEY_RE = re.compile(r"key ID ([0-9a-fA-F]+): NOKEY")
+_FILE_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^-]*\.rpm")
 
 
 def key_urls(text: str) -> list[str]:
@@ -121,6 +122,9 @@ class Keyring:
         rpms = sorted(rpms)
         if not rpms:
             return
+        for rpm in rpms:  # names come from repodata: nothing that could garble rpmkeys' report
+            if not _FILE_RE.fullmatch(rpm.name):
+                raise BuildError(f"package file {rpm.name!r} has an unexpected name: refusing it")
         paths = [os.fspath(p.resolve()) for p in rpms]
         rc, out = self._rpmkeys(["--checksig", "--verbose", "--", *paths], "check package signatures",
                                 check=False)

@@ -253,10 +253,10 @@ def build_iso(opts: IsoOptions) -> None:
     with private_tempdir("xcpimg-iso-") as work:
         tree, scratch = work / "iso", work / "scratch"
         scratch.mkdir()
+        dnf = Dnf(layers, opts.repo_config, work / "dnf")  # reads the keys first: a bad --gpgkey fails at once
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
-        dnf = Dnf(layers, opts.repo_config, work / "dnf")
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))

@@ -32,11 +32,13 @@ def need(ok: bool, what: str) -> None:
     pytest.skip(what)
 
 
-def need_tool(*tools: str) -> None:
-    """Every one of *tools* is on PATH (or in /usr/sbin, /sbin)."""
+def need_tool(*tools: str) -> str:
+    """Every one of *tools* is on PATH (or in /usr/sbin, /sbin); the path of the last one."""
+    path = ""
     for tool in tools:
-        need(shutil.which(tool) is not None or shutil.which(tool, path="/usr/sbin:/sbin") is not None,
-             f"host tool {tool} is not installed")
+        path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin") or ""
+        need(bool(path), f"host tool {tool} is not installed")
+    return path
 
 
 def need_file(path: Path, package: str) -> None:

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hostkit import need_root
 
 from xcpimg import fixture_repo as fr
 from xcpimg.errors import ConfigError
 
-ROOT_IS_ROOT = os.geteuid() == 0
 REPOS = ("base", "updates", "candidates", "testing", "ci", "incoming")
 PY = sys.executable
 
@@ -242,9 +242,9 @@ def test_dnf_resolves_8_2_package_list(repo: fr.FixtureRepo, tmp_path: Path) -> 
     assert "kernel-alt" in out and "3.xcpng8.2" in out
 
 
-@pytest.mark.skipif(not ROOT_IS_ROOT, reason="installing into a root needs uid 0")
 def test_dnf_installs_8_3_package_list(repo: fr.FixtureRepo, tmp_path: Path) -> None:
     """A real installroot install (signatures checked by dnf), then what install.img needs of it."""
+    need_root("installing into a root needs uid 0")
     names = fr.read_package_list(fr.CHECKOUT / "configs/8.3/packages.lst")
     proc = _dnf(repo, "8.3", TESTING, tmp_path, "install", *names)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -7,11 +7,11 @@ boots through its init system to the installer's first screen on the serial cons
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from hostkit import need_root
 
 from xcpimg.pytest_plugin import MatrixConfig, RepoSource, boot_and_check, build_matrix_iso, shared_build
 
@@ -26,8 +26,7 @@ def test_iso_boots_to_installer_init(xcp_config: MatrixConfig, boot_mode: str, x
 def built_installimg(xcp_config: MatrixConfig, repo_source: RepoSource,
                      tmp_path_factory: pytest.TempPathFactory) -> Path:
     """install.img built from the matrix repositories (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("building install.img needs root")
+    need_root("building install.img")
     from xcpimg.installimg import build_installimg
     from xcpimg.layers import resolve
 

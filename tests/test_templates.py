@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hostkit import need_tool
 
 from xcpimg import lss16
 from xcpimg.layers import configs_dir
@@ -94,7 +95,7 @@ def test_splash_is_valid_lss16_and_shown_by_the_menus(dist: str) -> None:
         assert first == b"\x18splash.lss"
 
 
-def test_splash_decodes_with_syslinux_own_tool(need_tool) -> None:  # type: ignore[no-untyped-def]
+def test_splash_decodes_with_syslinux_own_tool() -> None:
     need_tool("lss16toppm")
     ppm = subprocess.run(["lss16toppm"], input=(CONFIGS / "8.3/iso/boot/isolinux/splash.lss").read_bytes(),
                          capture_output=True, check=True).stdout

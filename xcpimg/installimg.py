@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import stat
 import time
 from pathlib import Path
 
 from . import compress, cpio
 from .dnf import RPMDB_PATH, Dnf
 from .errors import BuildError, XcpimgError
-from .fsutil import atomic_output, check_output_path, private_tempdir, remove_tree
+from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
 from .layers import Layers, read_package_list, resolve
 from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from .run import build_epoch, output, run
@@ -146,7 +144,7 @@ def erase_packages(root: Path) -> list[str]:
     installed = set(output([*rpm, "-qa", "--qf", "%{NAME}\\n"], what="list installed packages").split())
     names = [n for n in ERASE if n in installed]
     if names:
-        run([*rpm, "--nodeps", "--erase", "--allmatches", *names], what="erase unneeded packages")
+        run([*rpm, "--nodeps", "--erase", "--allmatches", "--", *names], what="erase unneeded packages")
     return names
 
 
@@ -164,8 +162,8 @@ def prune(root: Path) -> None:
 
 def overlay(root: Path, layers: Layers) -> int:
     """Copy the merged ``installimg`` template tree into *root*, owned by root, modes kept."""
-    tree = layers.merged_tree("installimg")
-    for rel, src in tree.items():
+    tree = layers.merged_entries("installimg")
+    for rel, (top, src) in tree.items():
         dest = in_root(root, rel)
         parent = dest.parent
         if not parent.is_dir():
@@ -173,11 +171,8 @@ def overlay(root: Path, layers: Layers) -> int:
         if dest.is_dir() and not dest.is_symlink():
             raise BuildError(f"template file {src} would replace the directory /{rel}")
         _remove(dest)  # never write through an existing link
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest)
-        else:
-            shutil.copyfile(src, dest, follow_symlinks=True)
-            os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
+        # links stay links; absolute targets are the image's own paths (``-> /dev/null`` masks a unit)
+        copy_node(src, dest, top, rooted=True)
         os.lchown(dest, 0, 0)
     return len(tree)
 
@@ -191,7 +186,7 @@ def run_depmod(root: Path) -> list[str]:
         argv = ["depmod", "-a", "-b", str(root)]
         # depmod reads the host's /etc/depmod.d unless told otherwise
         argv += ["-C", str(confdir) if confdir.is_dir() else os.devnull]
-        run([*argv, ver], what=f"depmod {ver}")
+        run([*argv, "--", ver], what=f"depmod {ver}")
     return versions
 
 
@@ -212,10 +207,10 @@ def _unit_exists(root: Path, unit: str) -> bool:
 def configure_units(root: Path, dist: str) -> list[str]:
     """Enable the installer units, disable the DISABLE units that exist; return the disabled ones."""
     systemctl = ["systemctl", f"--root={root}", "--no-reload", "-q"]
-    run([*systemctl, "enable", "installer", installer_getty(dist)], what="enable installer units")
+    run([*systemctl, "enable", "--", "installer", installer_getty(dist)], what="enable installer units")
     present = [u for u in DISABLE if _unit_exists(root, u)]
     if present:
-        run([*systemctl, "disable", *present], what="disable units")
+        run([*systemctl, "disable", "--", *present], what="disable units")
     return present
 
 
@@ -320,8 +315,6 @@ def command(args: argparse.Namespace) -> int:
     require_root()
     layers = resolve(args.spec)
     cfg = repo_config_from_args(args)
-    if not cfg.gpgcheck:
-        log.warning("warning: package signatures are not checked (--nogpgcheck)")
     build_installimg(layers, cfg, args.output, compression=args.compression, force=args.force_overwrite)
     return 0
 

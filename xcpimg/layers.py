@@ -56,14 +56,24 @@ class Layers:
 
         An overlay layer replaces a single file by holding the same relative path.
         """
-        merged: dict[str, Path] = {}
+        return {rel: path for rel, (_top, path) in self.merged_entries(subdir).items()}
+
+    def merged_entries(self, subdir: str) -> dict[str, tuple[Path, Path]]:
+        """Like merged_tree, with the tree each file comes from: rel -> (layer/subdir, file).
+
+        Copy them with fsutil.copy_node(file, dest, top): links stay links, and one
+        pointing outside its layer's tree is refused.
+        """
+        merged: dict[str, tuple[Path, Path]] = {}
         for d in self.dirs:
             top = d / subdir
+            if top.is_symlink():
+                raise ConfigError(f"template tree {top} is a symlink: it must be a directory of its layer")
             if not top.is_dir():
                 continue
             for path in sorted(top.rglob("*")):
                 if path.is_file() or path.is_symlink():
-                    merged.setdefault(path.relative_to(top).as_posix(), path)
+                    merged.setdefault(path.relative_to(top).as_posix(), (top, path))
         return dict(sorted(merged.items()))
 
 

@@ -59,8 +59,9 @@ class RepoSource:
 
     root: str
     layout: str  # "major" (<root>/8/8.3/...) or "flat" (<root>/8.3/..., as mirror-repos lays it out)
-    gpgkey: str | None
+    gpgkey: str | None  # None: the layers' own key (XCP-ng's)
     linstor_root: str | None = None
+    gpgcheck: bool = True
 
     def srcurl(self, dist: str) -> str:
         major, minor = dist.split(".")[:2]
@@ -72,7 +73,8 @@ class RepoSource:
         layer_urls = {}
         if self.linstor_root and "linstor" in layers.names:
             layer_urls["linstor"] = f"{self.linstor_root}/{layers.dist.split('.')[0]}/{layers.dist}"
-        return RepoConfig(srcurl=self.srcurl(layers.dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey)
+        return RepoConfig(srcurl=self.srcurl(layers.dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey,
+                          gpgcheck=self.gpgcheck)
 
 
 def detect_layout(root: str, dist: str = "8.3") -> str:
@@ -105,6 +107,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repo-root", default=os.environ.get("XCPTEST_REPOROOT"), metavar="URL",
                     help="root of an XCP-ng repository tree (env XCPTEST_REPOROOT; "
                          "default: the embedded fixture repository)")
+    group.addoption("--repo-gpgkey", default=os.environ.get("XCPTEST_GPGKEY") or None, metavar="URL",
+                    help="RPM signing key of the --repo-root packages (env XCPTEST_GPGKEY; default: the "
+                         "layers' XCP-ng key; the fixture repository always uses its own)")
+    group.addoption("--repo-nogpgcheck", action="store_true",
+                    default=os.environ.get("XCPTEST_NOGPGCHECK", "") not in ("", "0"),
+                    help="do not check the signatures of the --repo-root packages (env XCPTEST_NOGPGCHECK=1)")
     group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall]",
                     help=f"layer spec to build and boot (repeatable; default {' '.join(DEFAULT_CONFIGS)})")
     group.addoption("--boot-modes", default=",".join(BOOT_MODES), metavar="MODES",
@@ -183,7 +191,9 @@ def repo_source(request: pytest.FixtureRequest) -> RepoSource:
     root = request.config.getoption("repo_root")
     if root:
         url = as_url(root)
-        return RepoSource(root=url, layout=detect_layout(url), gpgkey=None)
+        key = request.config.getoption("repo_gpgkey")
+        return RepoSource(root=url, layout=detect_layout(url), gpgkey=as_url(key) if key else None,
+                          gpgcheck=not request.config.getoption("repo_nogpgcheck"))
     from .fixture_repo import ensure_fixture_repo
     repo = ensure_fixture_repo()
     return RepoSource(root=repo.root.as_uri(), layout="major", gpgkey=repo.gpgkey_url,

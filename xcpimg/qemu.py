@@ -150,7 +150,7 @@ def kvm_probe(seconds: float = 3.0) -> bool:
     """
     try:
         code, _vars = find_ovmf()
-        fw = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"]
+        fw = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={opt_value(code)}"]
     except BootError:
         fw = []
     argv = [which(QEMU), "-accel", "kvm", "-machine", "pc", "-cpu", "host", "-m", "128", "-nodefaults",
@@ -345,6 +345,12 @@ class MachineConfig:
         return self.cpu or ("host" if self.accel == "kvm" else TCG_CPU)
 
 
+def opt_value(value: object) -> str:
+    """*value* (a path) inside a QEMU ``key=value,...`` option: commas doubled, so a file name
+    like ``a.iso,if=pflash`` stays one value and never adds options."""
+    return str(value).replace(",", ",,")
+
+
 def build_argv(cfg: MachineConfig, sockdir: Path, vars_copy: Path | None, qemu: str = QEMU) -> list[str]:
     """The QEMU command line for *cfg*: paused, serial and QMP on unix sockets in *sockdir*."""
     argv = [qemu, "-name", f"xcpimg-{cfg.firmware}-{cfg.media}", "-machine", "pc",
@@ -357,15 +363,15 @@ def build_argv(cfg: MachineConfig, sockdir: Path, vars_copy: Path | None, qemu: 
     if cfg.firmware == "uefi":
         if cfg.firmware_file is None or vars_copy is None:
             raise UsageError("uefi needs the OVMF code file and a VARS copy")
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={cfg.firmware_file}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={opt_value(cfg.firmware_file)}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={opt_value(vars_copy)}"]
     elif cfg.firmware_file is not None:
         argv += ["-bios", str(cfg.firmware_file)]
     if cfg.media == "cd":
-        argv += ["-drive", f"if=none,id=cd,media=cdrom,format=raw,readonly=on,file={cfg.image}",
+        argv += ["-drive", f"if=none,id=cd,media=cdrom,format=raw,readonly=on,file={opt_value(cfg.image)}",
                  "-device", "ide-cd,bus=ide.1,drive=cd,bootindex=0"]
     else:
-        argv += ["-drive", f"if=none,id=stick,format=raw,readonly=on,file={cfg.image}",
+        argv += ["-drive", f"if=none,id=stick,format=raw,readonly=on,file={opt_value(cfg.image)}",
                  "-device", "qemu-xhci,id=xhci",
                  "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]
     return argv + list(cfg.extra_args)

@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dnf import Dnf
+from ..dnf import Dnf, check_package_names
 from ..errors import BuildError, ConfigError, ToolError, UsageError
-from ..fsutil import check_output_path, private_tempdir
+from ..fsutil import check_output_path, copy_node, copy_tree, private_tempdir
 from ..layers import Layers, configs_dir, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
@@ -68,6 +68,7 @@ def validate(opts: IsoOptions) -> None:
     if opts.efi_installer not in ("rpm", "mkimage"):
         raise UsageError(f"unknown --efi-installer {opts.efi_installer!r} (rpm or mkimage)")
     master.check_volid(opts.volid)
+    check_package_names(opts.extra_packages, "--extra-packages name")
     img = opts.install_img
     if not img.is_file() or not os.access(img, os.R_OK):
         raise UsageError(f"cannot read install.img {img}")
@@ -143,13 +144,13 @@ class BootRpms:
 
 def stage_templates(layers: Layers, tree: Path) -> None:
     """Copy the merged ISO template tree (overlays replace single files)."""
-    files = layers.merged_tree("iso")
+    files = layers.merged_entries("iso")
     if not files:
         raise BuildError(f"layers {':'.join(layers.names)} hold no iso/ template tree")
-    for rel, src in files.items():
+    for rel, (top, src) in files.items():
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        copy_node(src, dest, top)  # a link stays a link, and only if it stays inside its layer's tree
     for required in ("boot/isolinux/isolinux.cfg", "EFI/xenserver/grub.cfg"):
         if not (tree / required).is_file():
             raise BuildError(f"ISO template tree lacks {required}")
@@ -196,13 +197,17 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
     moddir_rpm = "/usr/lib/grub/x86_64-efi"
     unpack = scratch / "grub-efi"
     grub.extract(unpack, grub.glob(f"{moddir_rpm}/*"))
-    moddir = unpack / moddir_rpm.lstrip("/")
+    if not (unpack / moddir_rpm.lstrip("/")).is_dir():
+        raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
+    # copied first: a link leaving the module tree is refused before grub-mkimage reads anything
+    moddir = tree / "boot/grub/x86_64-efi"
+    copy_tree(unpack / moddir_rpm.lstrip("/"), moddir, what=f"{grub.nevra} {moddir_rpm}")
     if not (moddir / "moddep.lst").is_file():
         raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
     out = scratch / "grubx64.efi"
     run(["grub-mkimage", "--directory", moddir, "--prefix", GRUB_PREFIX, "--output", out,
-         "--format", "x86_64-efi", "--compression", "auto", *GRUB_BUILTIN], what="build the GRUB EFI image")
-    shutil.copytree(moddir, tree / "boot/grub/x86_64-efi")
+         "--format", "x86_64-efi", "--compression", "auto", "--", *GRUB_BUILTIN],
+        what="build the GRUB EFI image")
     return out
 
 
@@ -279,10 +284,10 @@ def build_iso(opts: IsoOptions) -> None:
     with private_tempdir("xcpimg-iso-") as work:
         tree, scratch = work / "iso", work / "scratch"
         scratch.mkdir()
+        dnf = Dnf(layers, opts.repo_config, work / "dnf")  # reads the keys first: a bad --gpgkey fails at once
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
-        dnf = Dnf(layers, opts.repo_config, work / "dnf")
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))

@@ -255,7 +255,8 @@ def test_dnf_installs_8_3_package_list(repo: fr.FixtureRepo, tmp_path: Path) -> 
     assert {"kernel-alt-3.xcpng8.3", "binutils-1.xcpng8.3", "dracut-572.xcpng8.3", "pkgconfig-1.xcpng8.3",
             "xen-hypervisor-20.1.xcpng8.3"} <= installed
     assert "Importing GPG key 0xB35AA2AC" in proc.stdout + proc.stderr  # and checked signatures with it
-    for path in ("sbin/init", "lib/systemd/systemd", "bin/busybox", "EULA", "usr/lib/python2.7/site-packages/xcp/branding.py",
+    for path in ("sbin/init", "lib/systemd/systemd", "bin/busybox", "EULA",
+                 "usr/lib/python2.7/site-packages/xcp/branding.py",
                  "usr/bin/journalctl", "usr/share/locale/fr/LC_MESSAGES/libc.mo", "etc/yum/yum.conf",
                  "lib/modules/4.19.0+1/kernel/fs/fat/vfat.ko"):
         assert (root / path).exists(), path

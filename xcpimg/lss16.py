@@ -76,38 +76,51 @@ def decode(data: bytes) -> tuple[int, int, list[tuple[int, int, int]], list[int]
     palette = [tuple(data[8 + 3 * i:11 + 3 * i]) for i in range(16)]
     if any(c > 63 for rgb in palette for c in rgb):
         raise Lss16Error("LSS16 palette component above 63")
-    pos = 56
+    reader = _Nybbles(data, 56)
     pixels: list[int] = []
     for y in range(height):
         row: list[int] = []
         prev = 0
-        half: list[int] = []
-
-        def nybble() -> int:
-            nonlocal pos
-            if not half:
-                if pos >= len(data):
-                    raise Lss16Error(f"LSS16 data ends in row {y}")
-                half.extend((data[pos] & 0xF, data[pos] >> 4))
-                pos += 1
-            return half.pop(0)
-
+        reader.align()
         while len(row) < width:
-            c = nybble()
+            c = reader.next(y)
             if c != prev:
                 row.append(c)
                 prev = c
                 continue
-            n = nybble()
+            n = reader.next(y)
             if n == 0:
-                n = nybble() + (nybble() << 4) + 16
+                n = reader.next(y) + (reader.next(y) << 4) + 16
             row.extend([prev] * n)
         if len(row) != width:
             raise Lss16Error(f"LSS16 row {y} has {len(row)} pixels, not {width}")
         pixels += row
+    reader.align()
+    pos = reader.pos
     if pos != len(data):
         raise Lss16Error(f"{len(data) - pos} bytes after the last LSS16 row")
     return width, height, palette, pixels  # type: ignore[return-value]
+
+
+class _Nybbles:
+    """Nybbles of *data* from byte *pos* on, low nybble first; rows start on a whole byte."""
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos, self.high = data, pos, False
+
+    def align(self) -> None:
+        if self.high:
+            self.pos, self.high = self.pos + 1, False
+
+    def next(self, row: int) -> int:
+        if self.pos >= len(self.data):
+            raise Lss16Error(f"LSS16 data ends in row {row}")
+        byte = self.data[self.pos]
+        if self.high:
+            self.pos, self.high = self.pos + 1, False
+            return byte >> 4
+        self.high = True
+        return byte & 0xF
 
 
 #: xcpimg's splash palette: 0 background navy, 1 white, 2 teal, 3 light teal, then greys

@@ -254,10 +254,10 @@ class ConsoleWatcher:
         if complete and CMDLINE_PREFIX in line and (self.cmdline is None or self.cmdline == self.kernel_cmdline):
             self.cmdline = line[line.index(CMDLINE_PREFIX) + len(CMDLINE_PREFIX):].strip()
         if complete and self.kernel_cmdline is None:
-            found = kernel_cmdline(line)
-            if found is not None:
-                self.kernel_cmdline = found
-                self.cmdline = self.cmdline or found
+            kernel_line = kernel_cmdline(line)
+            if kernel_line is not None:
+                self.kernel_cmdline = kernel_line
+                self.cmdline = self.cmdline or kernel_line
         if "installer" in self.reached and (self.installer is None or not self.installer[2]):
             welcome = INSTALLER_WELCOME.search(line)  # again on the completed line: a chunk may cut it
             if welcome:
@@ -269,10 +269,10 @@ class ConsoleWatcher:
                     if not complete:
                         self._partial_prompts.add(kind)
         if self.failure is None:
-            found = self._failure_in(line, complete, self.reached)
-            if found:
-                self.failure = found
-                update.failure = found
+            failure = self._failure_in(line, complete, self.reached)
+            if failure:
+                self.failure = failure
+                update.failure = failure
             elif complete and "hypervisor" not in self.reached:
                 self._warn(line)
 

@@ -224,7 +224,7 @@ def efiboot_grub_cfg(layers: Layers, iso_cfg: str, scratch: Path) -> str:
     patch_file = layers.find_optional(EFIBOOT_PATCH)
     if patch_file is not None:
         default = extra_file is None or extra_file.parent == configs_dir() / "base"
-        if default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
+        if extra_file is None or default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
             return apply_patch(patch_file, iso_cfg, scratch)
     extra = extra_file.read_text() if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
@@ -242,7 +242,8 @@ def apply_patch(patch_file: Path, text: str, scratch: Path) -> str:
     original, patched = work / "grub.cfg", work / "grub.cfg.patched"
     original.write_text(text)
     try:
-        run(["patch", "--batch", "--forward", "--silent", "--fuzz=1", "--no-backup-if-mismatch", f"--reject-file={work / 'rej'}",
+        run(["patch", "--batch", "--forward", "--silent", "--fuzz=1", "--no-backup-if-mismatch",
+             f"--reject-file={work / 'rej'}",
              f"--output={patched}", f"--input={patch_file}", "--", str(original)], cwd=work,
             what=f"apply {patch_file}")
     except ToolError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..dnf import Dnf
 from ..errors import BuildError, UsageError
-from ..fsutil import check_output_path, private_tempdir
+from ..fsutil import atomic_output, check_output_path, private_tempdir
 from ..layers import Layers, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
@@ -241,37 +241,46 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
 
 
 def build_iso(opts: IsoOptions) -> None:
-    """Build the ISO described by *opts* into opts.output (atomically)."""
+    """Build the ISO described by *opts* into opts.output (atomically, never clobbering one).
+
+    The staging tree lives inside the output's lifetime: it is removed (uninterruptibly)
+    before the ISO is published, so an interrupt either leaves no ISO or a whole one, and
+    never a staging tree.
+    """
     validate(opts)
     epoch = build_epoch()
     layers = opts.layers
-    with private_tempdir("xcpimg-iso-") as work:
-        tree, scratch = work / "iso", work / "scratch"
-        scratch.mkdir()
-        log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
-        stage_templates(layers, tree)
-        shutil.copyfile(opts.install_img, tree / "install.img")
-        dnf = Dnf(layers, opts.repo_config, work / "dnf")
-        rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
-        add_boot_files(rpms, tree)
-        insert_boot_args(tree, installer_bootargs(layers))
-        if opts.netinstall:
-            (tree / ".treeinfo").unlink(missing_ok=True)
-            insert_boot_args(tree, "netinstall")
-        else:
-            add_repository(opts, dnf, rpms, tree, epoch)
-        isohdpfx = add_bios_loader(rpms, tree)
-        loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
-        grub_cfg = scratch / "grub-efiboot.cfg"
-        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
-        efiboot.make_efiboot(tree / "boot/efiboot.img", {
-            "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
-        shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
-        log.info("mastering %s", opts.output)
-        check_output_path(opts.output, opts.force)  # master_iso writes atomically, replacing any file
-        master.master_iso(tree, opts.output, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
-                          progress=opts.progress)
+    with atomic_output(opts.output, opts.force) as part:
+        with private_tempdir("xcpimg-iso-") as work:
+            _build_tree(opts, layers, work, epoch, part)
     log.info("wrote %s (%d MiB)", opts.output, opts.output.stat().st_size >> 20)
+
+
+def _build_tree(opts: IsoOptions, layers: Layers, work: Path, epoch: int, part: Path) -> None:
+    """Stage the ISO tree in *work* and master it into *part*."""
+    tree, scratch = work / "iso", work / "scratch"
+    scratch.mkdir()
+    log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
+    stage_templates(layers, tree)
+    shutil.copyfile(opts.install_img, tree / "install.img")
+    dnf = Dnf(layers, opts.repo_config, work / "dnf")
+    rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
+    add_boot_files(rpms, tree)
+    insert_boot_args(tree, installer_bootargs(layers))
+    if opts.netinstall:
+        (tree / ".treeinfo").unlink(missing_ok=True)
+        insert_boot_args(tree, "netinstall")
+    else:
+        add_repository(opts, dnf, rpms, tree, epoch)
+    isohdpfx = add_bios_loader(rpms, tree)
+    loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
+    grub_cfg = scratch / "grub-efiboot.cfg"
+    grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
+    efiboot.make_efiboot(tree / "boot/efiboot.img", {
+        "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
+    shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
+    log.info("mastering %s", opts.output)
+    master.master_iso(tree, part, opts.volid, isohdpfx=isohdpfx, epoch=epoch, progress=opts.progress)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

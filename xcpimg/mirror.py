@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import contextlib
-import ctypes
 import email.utils
 import fcntl
 import gzip
@@ -49,7 +48,7 @@ import requests
 import urllib3
 
 from .errors import UsageError, XcpimgError
-from .fsutil import private_tempdir, remove_tree
+from .fsutil import private_tempdir, publish_file, publish_tree, remove_tree
 
 log = logging.getLogger("xcpimg.mirror")
 
@@ -65,7 +64,13 @@ TEMP_PREFIX = ".xcpimg-"
 
 RETRIES = 5            # attempts per request
 BACKOFF = 0.5          # seconds before the second attempt, doubled each time (capped at 8 s)
-TIMEOUT = (15, 60)     # connect, read (seconds)
+CONNECT_TIMEOUT = 15   # seconds
+STALL_SECONDS = 30.0   # a read waits at most this long; a body must bring STALL_BYTES in this time
+STALL_BYTES = 1024
+MAX_REDIRECTS = 5
+MAX_SMALL = 256 << 20  # bytes of a listing or repomd.xml
+MAX_DEPTH = 24         # directory levels below the source
+NAME_MAX = 255         # bytes of a file name on Linux file systems
 CHUNK = 64 * 1024
 USER_AGENT = "xcpimg-mirror/1"
 
@@ -86,6 +91,8 @@ class MirrorStats:
     deleted: int = 0
     skipped: int = 0
     excluded: int = 0
+    verified: int = 0      # local packages hashed and found right
+    corrupt: list[str] = field(default_factory=list)  # local packages that did not match repodata
     failed: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)  # "fetch X", "delete Y", "update Z/repodata/"
     seconds: float = 0.0
@@ -96,6 +103,8 @@ class MirrorStats:
         dverb = "would delete" if self.dry_run else "deleted"
         text = (f"{verb} {self.fetched} files ({_human(self.bytes)}), {dverb} {self.deleted}, "
                 f"skipped {self.skipped} unchanged, excluded {self.excluded}")
+        if self.corrupt:
+            text += f", {len(self.corrupt)} corrupt ({'reported' if self.dry_run else 'fetched again'})"
         if self.failed:
             text += f", {len(self.failed)} failed"
         return f"{text} in {self.seconds:.1f} s"
@@ -176,15 +185,50 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def decimal(text: str | None) -> int | None:
+    """A size written in ASCII digits (a header, repodata); anything else (other scripts' digits,
+    signs, blanks inside) is unknown: None."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,20}", text) else None
+
+
+def split_url(url: str) -> urllib.parse.SplitResult:
+    """The one URL parser of the mirror: an http(s) URL with a host and a valid port.
+
+    Raises ValueError, with a message naming the URL, for anything else (``http://[::1``,
+    ``file:///``, a port out of range...).
+    """
+    try:
+        u = urllib.parse.urlsplit(url)
+        u.port  # noqa: B018 - parses the port, raising ValueError when it is bad
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r} ({exc})") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"unsupported URL {url!r} (expected http:// or https://)")
+    return u
+
+
+def join_url(base: str, href: str) -> str:
+    """*href* resolved against *base*, checked by :func:`split_url`."""
+    try:
+        joined = urllib.parse.urljoin(base, href.strip())
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {href!r} ({exc})") from None
+    return split_url(joined).geturl()
+
+
 # ---------------------------------------------------------------------------------------------
 # source, destination, exclusions
 
 def resolve_source(source: str, dest: Path) -> tuple[str, Path]:
     """(base URL, local directory) for a version like 8.3 or a URL."""
     if "://" in source:
-        u = urllib.parse.urlsplit(source)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise UsageError(f"unsupported source URL {source!r} (expected http:// or https://)")
+        try:
+            u = split_url(source)
+        except ValueError as exc:
+            raise UsageError(f"source: {exc}") from None
         if u.query or u.fragment:
             raise UsageError(f"source URL {source!r} must not have a query or fragment")
         return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path or "/", "", "")), Path(dest)
@@ -251,7 +295,11 @@ def child_links(dir_url: str, text: str) -> list[tuple[str, bool]]:
     base = urllib.parse.urlsplit(dir_url)
     out: dict[str, bool] = {}
     for href in parser.hrefs:
-        u = urllib.parse.urlsplit(urllib.parse.urljoin(dir_url, href.strip()))
+        try:
+            u = urllib.parse.urlsplit(join_url(dir_url, href))
+        except ValueError:
+            log.debug("ignoring listing entry %r of %s", href, dir_url)
+            continue
         if (u.scheme, u.netloc) != (base.scheme, base.netloc) or u.query or u.fragment:
             continue
         if not u.path.startswith(base.path):
@@ -319,8 +367,7 @@ def parse_repomd(data: bytes) -> dict[str, tuple[str, Expect]]:
         if href is None:
             continue
         algo, digest = _checksum(d.find(f"{_REPO_NS}checksum"))
-        size_text = d.findtext(f"{_REPO_NS}size") or ""
-        size = int(size_text) if size_text.isdigit() else None
+        size = decimal(d.findtext(f"{_REPO_NS}size"))
         out[d.get("type") or href] = (href, Expect(size, algo, digest))
     return out
 
@@ -337,8 +384,8 @@ def parse_primary(path: Path) -> dict[str, Expect]:
             if href is not None:
                 algo, digest = _checksum(elem.find(f"{_COMMON_NS}checksum"))
                 size_el = elem.find(f"{_COMMON_NS}size")
-                size = size_el.get("package") if size_el is not None else None
-                out[href] = Expect(int(size) if size and size.isdigit() else None, algo, digest)
+                size = decimal(size_el.get("package")) if size_el is not None else None
+                out[href] = Expect(size, algo, digest)
             elem.clear()
     return out
 
@@ -384,12 +431,30 @@ class _Repo:
 # ---------------------------------------------------------------------------------------------
 # HTTP
 
+@dataclass(frozen=True)
+class _Page:
+    """A small document read whole: its final URL (after redirects), headers and body."""
+
+    url: str
+    headers: Any
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        charset = re.search(r"charset=([\w.:-]+)", self.headers.get("Content-Type", ""))
+        try:
+            return self.content.decode(charset.group(1) if charset else "utf-8", errors="replace")
+        except LookupError:
+            return self.content.decode("utf-8", errors="replace")
+
+
 class _Http:
-    """Thread-local requests sessions with retries."""
+    """Thread-local requests sessions with retries, checked redirects and stall timeouts."""
 
     def __init__(self, stop: threading.Event) -> None:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+        self._active: set[requests.Response] = set()
         self._lock = threading.Lock()
         self.stop = stop
 
@@ -413,6 +478,20 @@ class _Http:
                 s.close()
             self._sessions.clear()
 
+    def abort(self) -> None:
+        """Interrupt every transfer in flight now (shut their sockets down): for a prompt Ctrl-C."""
+        self.stop.set()
+        with self._lock:
+            active = list(self._active)
+        for r in active:
+            conn = getattr(r.raw, "_connection", None)
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                sock = getattr(getattr(getattr(getattr(r.raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     def retrying(self, what: str, attempt_fn: Callable[[], Any]) -> Any:
         """Call *attempt_fn* until it succeeds, retrying transient failures with backoff."""
         last: BaseException | None = None
@@ -430,66 +509,125 @@ class _Http:
                 last = exc
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     urllib3.exceptions.HTTPError, ConnectionError) as exc:
+                if self.stop.is_set():
+                    raise _Stopped from None
                 if _unknown_host(exc):
                     raise _Permanent(_describe(exc)) from None
                 last = _Retryable(_describe(exc))
+            except requests.RequestException as exc:  # invalid URL, bad header...: retrying will not help
+                raise _Permanent(_describe(exc)) from None
         raise _Permanent(f"{last} (after {RETRIES} attempts)")
 
-    def get_small(self, url: str) -> requests.Response:
+    @contextlib.contextmanager
+    def request(self, method: str, url: str) -> Iterator[requests.Response]:
+        """The response to *method* on *url*, streamed, after following at most MAX_REDIRECTS
+        checked redirects (http(s) only, never back to a URL already on the way)."""
+        seen = [url]
+        while True:
+            r = self.session().request(method, url, timeout=(CONNECT_TIMEOUT, STALL_SECONDS), stream=True,
+                                       allow_redirects=False)
+            with self._lock:
+                self._active.add(r)
+            try:
+                if r.status_code not in (301, 302, 303, 307, 308):
+                    yield r
+                    return
+                location = r.headers.get("Location")
+            finally:
+                with self._lock:
+                    self._active.discard(r)
+                r.close()
+            if not location:
+                raise _Permanent(f"HTTP {r.status_code} redirect without a Location")
+            try:
+                url = join_url(url, location)
+            except ValueError as exc:
+                raise _Permanent(f"redirected to {exc}") from None
+            if url in seen:
+                raise _Permanent(f"redirect loop: {url} again")
+            if len(seen) > MAX_REDIRECTS:
+                raise _Permanent(f"more than {MAX_REDIRECTS} redirects")
+            seen.append(url)
+            if self.stop.is_set():
+                raise _Stopped
+
+    def body(self, r: requests.Response, limit: int | None = None) -> Iterator[bytes]:
+        """The body of *r* in pieces as they arrive. A body slower than STALL_BYTES per
+        STALL_SECONDS is a transient failure; an interrupt stops it at once."""
+        window, got, total = time.monotonic(), 0, 0
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            piece = r.raw.read1(CHUNK, decode_content=False)
+            if self.stop.is_set():
+                raise _Stopped  # the socket was shut down under us: not the end of the body
+            if not piece:
+                return
+            got += len(piece)
+            total += len(piece)
+            if limit is not None and total > limit:
+                raise _Permanent(f"larger than {limit} bytes")
+            now = time.monotonic()
+            if now - window >= STALL_SECONDS:
+                if got < STALL_BYTES:
+                    raise _Retryable(f"stalled: {got} bytes in {now - window:.0f} s")
+                window, got = now, 0
+            yield piece
+
+    @staticmethod
+    def _status(r: requests.Response) -> None:
+        if r.status_code >= 500 or r.status_code == 429:
+            raise _Retryable(f"HTTP {r.status_code} {r.reason}")
+        if r.status_code != 200:
+            raise _Permanent(f"HTTP {r.status_code} {r.reason}")
+
+    def get_small(self, url: str) -> _Page:
         """GET a small document (a listing, repomd.xml), retrying; any non-200 is an error."""
-        def attempt() -> requests.Response:
-            r = self.session().get(url, timeout=TIMEOUT)
-            if r.status_code >= 500 or r.status_code == 429:
-                raise _Retryable(f"HTTP {r.status_code} {r.reason}")
-            if r.status_code != 200:
-                raise _Permanent(f"HTTP {r.status_code} {r.reason}")
-            declared = r.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) != len(r.content):
-                raise _Retryable("truncated response")
-            return r
+        def attempt() -> _Page:
+            with self.request("GET", url) as r:
+                self._status(r)
+                content = b"".join(self.body(r, limit=MAX_SMALL))
+                declared = decimal(r.headers.get("Content-Length"))
+                if declared is not None and declared != len(content):
+                    raise _Retryable("truncated response")
+                return _Page(r.url, r.headers, content)
         return self.retrying(url, attempt)
 
     def head(self, url: str) -> tuple[int | None, float | None]:
         """(Content-Length, Last-Modified) of *url*, either None when the server does not say."""
         def attempt() -> tuple[int | None, float | None]:
-            r = self.session().head(url, timeout=TIMEOUT, allow_redirects=True)
-            if r.status_code >= 500 or r.status_code == 429:
-                raise _Retryable(f"HTTP {r.status_code} {r.reason}")
-            if r.status_code != 200:
-                return None, None
-            clen = r.headers.get("Content-Length")
-            return (int(clen) if clen and clen.isdigit() else None), _last_modified(r)
+            with self.request("HEAD", url) as r:
+                if r.status_code >= 500 or r.status_code == 429:
+                    raise _Retryable(f"HTTP {r.status_code} {r.reason}")
+                if r.status_code != 200:
+                    return None, None
+                return decimal(r.headers.get("Content-Length")), _last_modified(r)
         return self.retrying(url, attempt)
 
     def download(self, url: str, target: Path, expect: Expect | None, on_bytes: Callable[[int], None]) -> int:
         """Fetch *url* into *target* atomically, verified against *expect*; return its size."""
         def attempt() -> int:
-            with self.session().get(url, timeout=TIMEOUT, stream=True) as r:
-                if r.status_code >= 500 or r.status_code == 429:
-                    raise _Retryable(f"HTTP {r.status_code} {r.reason}")
-                if r.status_code != 200:
-                    raise _Permanent(f"HTTP {r.status_code} {r.reason}")
+            with self.request("GET", url) as r:
+                self._status(r)
                 return self._write(r, target, expect, on_bytes)
         return self.retrying(url, attempt)
 
     def _write(self, r: requests.Response, target: Path, expect: Expect | None,
                on_bytes: Callable[[int], None]) -> int:
-        declared = r.headers.get("Content-Length")
+        declared = decimal(r.headers.get("Content-Length"))
         h = hashlib.new(expect.algo) if expect and expect.algo else None
         fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=target.parent)
         tmp = Path(tmp_name)
         try:
             n = 0
             with os.fdopen(fd, "wb") as f:
-                for chunk in r.raw.stream(CHUNK, decode_content=False):
-                    if self.stop.is_set():
-                        raise _Stopped
+                for chunk in self.body(r):
                     f.write(chunk)
                     if h:
                         h.update(chunk)
                     n += len(chunk)
                     on_bytes(len(chunk))
-            if declared is not None and declared.isdigit() and n != int(declared):
+            if declared is not None and n != declared:
                 raise _Retryable(f"truncated: got {n} of {declared} bytes")
             if expect and expect.size is not None and n != expect.size:
                 raise _Retryable(f"size mismatch: got {n} bytes, repodata says {expect.size}")
@@ -499,9 +637,7 @@ class _Http:
             os.chmod(tmp, 0o644)
             if mtime is not None:
                 os.utime(tmp, (mtime, mtime))
-            if target.is_dir() and not target.is_symlink():
-                raise _Permanent(f"{target} is a directory")
-            os.replace(tmp, target)
+            publish_file(tmp, target, force=True)  # a mirror replaces its own files
             return n
         except BaseException:
             with contextlib.suppress(OSError):
@@ -509,7 +645,7 @@ class _Http:
             raise
 
 
-def _last_modified(r: requests.Response) -> float | None:
+def _last_modified(r: requests.Response | _Page) -> float | None:
     value = r.headers.get("Last-Modified")
     if not value:
         return None
@@ -589,8 +725,9 @@ _Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
 class _Run:
     def __init__(self, base_url: str, dest: Path, jobs: int, excludes: list[re.Pattern[str]],
-                 delete: bool, dry_run: bool, progress: bool) -> None:
+                 delete: bool, dry_run: bool, progress: bool, verify: bool = False) -> None:
         self.base_url = base_url
+        self.verify = verify  # hash every local package, even those the live repodata vouches for
         self.dest = dest
         self.jobs = jobs
         self.excludes = excludes
@@ -606,6 +743,7 @@ class _Run:
         self.repos: dict[str, _Repo] = {}
         self.real_dest = ""
         self._made_dirs: set[str] = set()
+        self._listed: set[str] = set()    # listing URLs read (after redirects): loop detection
         self._lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------
@@ -638,7 +776,8 @@ class _Run:
             if os.path.lexists(path) and not os.path.isdir(path):
                 raise _Permanent(f"{path} exists and is not a directory")
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path)
+                os.mkdir(path, 0o755)
+                os.chmod(path, 0o755)  # readable by a web server whatever the umask
             with self._lock:
                 self._made_dirs.add(done)
         return path
@@ -654,7 +793,7 @@ class _Run:
                     for fn, args in on_done(fut):
                         pending.add(pool.submit(fn, *args))
         except BaseException:
-            self.stop.set()
+            self.http.abort()  # stops every worker at its next read, or at once if it is blocked in one
             for fut in pending:
                 fut.cancel()
             wait(pending)
@@ -662,15 +801,26 @@ class _Run:
 
     # -- crawl ---------------------------------------------------------------------------
     def list_dir(self, rel: str) -> list[tuple[str, bool]]:
+        """The children of directory *rel*. Refuses a directory deeper than MAX_DEPTH and one
+        whose listing is (after redirects) a listing already read or outside the tree."""
+        if rel.count("/") > MAX_DEPTH:
+            raise _Permanent(f"deeper than {MAX_DEPTH} levels (an endless directory tree?)")
         url = self.base_url + urllib.parse.quote(rel)
         r = self.http.get_small(url)
         ctype = r.headers.get("Content-Type", "")
         if "html" not in ctype.lower():
             raise _Permanent(f"not a browsable directory listing (Content-Type {ctype or 'missing'})")
+        final = r.url
         if not rel:  # the root as given: follow its redirect, and treat it as a directory
-            self.base_url = r.url if r.url.endswith("/") else r.url + "/"
-            url = self.base_url
-        return child_links(url, r.text)
+            self.base_url = final if final.endswith("/") else final + "/"
+            final = self.base_url
+        elif final != url and not final.startswith(self.base_url):
+            raise _Permanent(f"listing redirects out of the tree, to {final}")
+        with self._lock:
+            if final in self._listed:
+                raise _Permanent(f"listing redirects to {final}, already listed (a loop)")
+            self._listed.add(final)
+        return child_links(final, r.text)
 
     def crawl(self, pool: ThreadPoolExecutor) -> None:
         try:
@@ -687,6 +837,9 @@ class _Run:
             follow = []
             for name, is_dir in entries:
                 child = rel + name + ("/" if is_dir else "")
+                if len(os.fsencode(name)) > NAME_MAX:
+                    self.fail(child, f"name longer than {NAME_MAX} bytes: cannot be stored locally")
+                    continue
                 if is_excluded(child, self.excludes):
                     self.stats.excluded += 1  # only the main thread crawls
                     continue
@@ -792,24 +945,15 @@ class _Run:
             url = self.files.get(rel) or self.base_url + urllib.parse.quote(rel)
             n = self.http.download(url, target, exp, self.progress.add_bytes)
             self.count(fetched=1, nbytes=n)
+        _publishable(repo.stage)
 
     def swap_repodata(self, repo: _Repo) -> None:
         assert repo.stage is not None
         live = self.local(repo.rel + "repodata")
         if os.path.islink(live) or (os.path.lexists(live) and not os.path.isdir(live)):
             os.unlink(live)
-        if os.path.lexists(live):
-            if not _exchange(repo.stage, live):
-                old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + "old-", dir=live.parent))
-                os.rename(live, old / "repodata")
-                os.rename(repo.stage, live)
-                repo.stage = old
-        else:
-            os.rename(repo.stage, live)
-            repo.stage = None
-        if repo.stage is not None:
-            remove_tree(repo.stage)
-            repo.stage = None
+        publish_tree(repo.stage, live, force=True)  # swapped atomically, the old one removed
+        repo.stage = None
 
     # -- files ---------------------------------------------------------------------------
     def repo_of(self, rel: str) -> _Repo | None:
@@ -832,11 +976,12 @@ class _Run:
         finally:
             self.progress.file_done()
 
-    def count(self, fetched: int = 0, nbytes: int = 0, skipped: int = 0) -> None:
+    def count(self, fetched: int = 0, nbytes: int = 0, skipped: int = 0, verified: int = 0) -> None:
         with self._lock:
             self.stats.fetched += fetched
             self.stats.bytes += nbytes
             self.stats.skipped += skipped
+            self.stats.verified += verified
 
     def _sync_file(self, rel: str) -> None:
         path = self.local(rel)
@@ -877,10 +1022,17 @@ class _Run:
         if st is None:
             return False
         trusted = repo.trusted.get(rel)
-        if trusted is not None and exp.algo and (trusted.algo, trusted.digest) == (exp.algo, exp.digest) \
-                and st.st_mtime <= repo.trusted_until:
+        if not self.verify and trusted is not None and exp.algo \
+                and (trusted.algo, trusted.digest) == (exp.algo, exp.digest) and st.st_mtime <= repo.trusted_until:
             return True  # verified when the live repodata was put in place, untouched since
-        return _digest_matches(path, exp)
+        if _digest_matches(path, exp):
+            self.count(verified=1)
+            return True
+        with self._lock:
+            self.stats.corrupt.append(rel)
+        log.warning("mirror: %s does not match its repodata %s checksum%s", rel, exp.algo or "size",
+                    "" if self.dry_run else ": fetching it again")
+        return False
 
     # -- deletion ------------------------------------------------------------------------
     def clean_temps(self) -> None:
@@ -940,16 +1092,16 @@ class _Run:
                     os.rmdir(path)  # only succeeds when empty (excluded files keep it)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    res = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return res == 0
+def _publishable(top: Path) -> None:
+    """Modes a web server can serve: directories 0755, files 0644 (mkdtemp made *top* 0700)."""
+    os.chmod(top, 0o755)
+    for dirpath, dirs, files in os.walk(top):
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
 
 
 @contextlib.contextmanager
@@ -967,11 +1119,14 @@ def _locked(dest: Path) -> Iterator[None]:
 
 
 def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = (), delete: bool = True,
-           dry_run: bool = False, ipv4: bool = False, progress: bool | None = None) -> MirrorStats:
+           dry_run: bool = False, ipv4: bool = False, progress: bool | None = None,
+           verify: bool = False) -> MirrorStats:
     """Mirror *source* (an XCP-ng version like "8.3" or a URL) into *dest*.
 
-    Raises XcpimgError for bad input (unreachable source, no listing, unwritable
-    destination) and MirrorError, carrying the stats, when some files failed.
+    *verify* re-hashes every local package against the repodata checksums (a corrupted
+    one is fetched again, or with *dry_run* reported). Raises XcpimgError for bad input
+    (unreachable source, no listing, unwritable destination) and MirrorError, carrying the
+    stats, when some files failed.
     """
     if not 1 <= jobs <= 64:
         raise UsageError(f"--jobs must be between 1 and 64, got {jobs}")
@@ -981,7 +1136,7 @@ def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = 
     if progress is None:
         progress = sys.stderr.isatty() and not dry_run
     t0 = time.monotonic()
-    run = _Run(base_url, target, jobs, rx, delete, dry_run, progress)
+    run = _Run(base_url, target, jobs, rx, delete, dry_run, progress, verify)
     with _ipv4_only(ipv4), ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mirror") as pool, \
             contextlib.ExitStack() as stack:
         stack.callback(run.http.close)
@@ -999,7 +1154,7 @@ def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = 
                 run.clean_temps()
             _sync(run, pool, stack)
         except KeyboardInterrupt:
-            run.stop.set()
+            run.http.abort()
             raise
         finally:
             run.progress.close()
@@ -1051,6 +1206,8 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
                 run.make_dirs(rel)
             except _Permanent as exc:
                 run.fail(rel, str(exc))
+            except OSError as exc:
+                run.fail(rel, exc.strerror or str(exc))
     # files: everything except repodata being replaced as a whole
     todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in staged)]
     run.progress.total = len(todo)
@@ -1084,18 +1241,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-delete", action="store_true", help="keep local files that are gone upstream")
     p.add_argument("--dry-run", action="store_true", help="list what would change, change nothing")
     p.add_argument("-4", "--ipv4", action="store_true", help="connect over IPv4 only")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every local package against the repodata checksums; fetch corrupt ones "
+                        "again (with --dry-run: list them)")
 
 
 def command(args: argparse.Namespace) -> int:
     try:
         stats = mirror(args.source, args.dest, jobs=args.jobs, excludes=args.exclude,
-                       delete=not args.no_delete, dry_run=args.dry_run, ipv4=args.ipv4)
+                       delete=not args.no_delete, dry_run=args.dry_run, ipv4=args.ipv4, verify=args.verify)
     except MirrorError as exc:
         print(f"mirror: {exc.stats.summary()}")
         raise
     if args.dry_run:
         for line in stats.changes:
             print(line)
+    for rel in stats.corrupt:
+        print(f"corrupt {rel}")
     print(f"mirror: {stats.summary()}")
     return 0
 

@@ -185,13 +185,17 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def decimal(text: str | None) -> int | None:
-    """A size written in ASCII digits (a header, repodata); anything else (other scripts' digits,
-    signs, blanks inside) is unknown: None."""
-    if text is None:
+def decimal(text: str | None, what: str = "size") -> int | None:
+    """A size written in ASCII digits (a header, repodata), None when absent or empty.
+
+    Anything else (digits of other scripts such as '١٢', superscripts, signs) is a ValueError:
+    ``int()`` would take some of them, ``str.isdigit()`` even more.
+    """
+    if text is None or not text.strip():
         return None
-    text = text.strip()
-    return int(text) if re.fullmatch(r"[0-9]{1,20}", text) else None
+    if not re.fullmatch(r"[0-9]{1,20}", text.strip()):
+        raise ValueError(f"bad {what} {text.strip()[:40]!r} (not a decimal number)")
+    return int(text)
 
 
 def split_url(url: str) -> urllib.parse.SplitResult:
@@ -448,6 +452,14 @@ class _Page:
             return self.content.decode("utf-8", errors="replace")
 
 
+class _Session(requests.Session):
+    """A session that leaves redirects to :meth:`_Http.request` (requests would parse a
+    hostile Location itself, even with allow_redirects=False, and raise ValueError)."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class _Http:
     """Thread-local requests sessions with retries, checked redirects and stall timeouts."""
 
@@ -461,7 +473,7 @@ class _Http:
     def session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = requests.Session()
+            s = _Session()
             adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=2, max_retries=0)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
@@ -519,9 +531,10 @@ class _Http:
         raise _Permanent(f"{last} (after {RETRIES} attempts)")
 
     @contextlib.contextmanager
-    def request(self, method: str, url: str) -> Iterator[requests.Response]:
+    def request(self, method: str, url: str, within: str | None = None) -> Iterator[requests.Response]:
         """The response to *method* on *url*, streamed, after following at most MAX_REDIRECTS
-        checked redirects (http(s) only, never back to a URL already on the way)."""
+        checked redirects (http(s) only, never back to a URL already on the way; with
+        *within*, only to URLs under it)."""
         seen = [url]
         while True:
             r = self.session().request(method, url, timeout=(CONNECT_TIMEOUT, STALL_SECONDS), stream=True,
@@ -545,6 +558,8 @@ class _Http:
                 raise _Permanent(f"redirected to {exc}") from None
             if url in seen:
                 raise _Permanent(f"redirect loop: {url} again")
+            if within is not None and not url.startswith(within):
+                raise _Permanent(f"redirected out of the tree, to {url}")
             if len(seen) > MAX_REDIRECTS:
                 raise _Permanent(f"more than {MAX_REDIRECTS} redirects")
             seen.append(url)
@@ -581,13 +596,13 @@ class _Http:
         if r.status_code != 200:
             raise _Permanent(f"HTTP {r.status_code} {r.reason}")
 
-    def get_small(self, url: str) -> _Page:
+    def get_small(self, url: str, within: str | None = None) -> _Page:
         """GET a small document (a listing, repomd.xml), retrying; any non-200 is an error."""
         def attempt() -> _Page:
-            with self.request("GET", url) as r:
+            with self.request("GET", url, within) as r:
                 self._status(r)
                 content = b"".join(self.body(r, limit=MAX_SMALL))
-                declared = decimal(r.headers.get("Content-Length"))
+                declared = _content_length(r)
                 if declared is not None and declared != len(content):
                     raise _Retryable("truncated response")
                 return _Page(r.url, r.headers, content)
@@ -601,7 +616,7 @@ class _Http:
                     raise _Retryable(f"HTTP {r.status_code} {r.reason}")
                 if r.status_code != 200:
                     return None, None
-                return decimal(r.headers.get("Content-Length")), _last_modified(r)
+                return _content_length(r), _last_modified(r)
         return self.retrying(url, attempt)
 
     def download(self, url: str, target: Path, expect: Expect | None, on_bytes: Callable[[int], None]) -> int:
@@ -614,7 +629,7 @@ class _Http:
 
     def _write(self, r: requests.Response, target: Path, expect: Expect | None,
                on_bytes: Callable[[int], None]) -> int:
-        declared = decimal(r.headers.get("Content-Length"))
+        declared = _content_length(r)
         h = hashlib.new(expect.algo) if expect and expect.algo else None
         fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=target.parent)
         tmp = Path(tmp_name)
@@ -643,6 +658,13 @@ class _Http:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+
+
+def _content_length(r: requests.Response) -> int | None:
+    try:
+        return decimal(r.headers.get("Content-Length"), "Content-Length")
+    except ValueError as exc:
+        raise _Permanent(str(exc)) from None
 
 
 def _last_modified(r: requests.Response | _Page) -> float | None:
@@ -750,7 +772,7 @@ class _Run:
     def fail(self, rel: str, message: str) -> None:
         with self._lock:
             self.stats.failed.append(f"{rel or '/'}: {message}")
-        log.warning("mirror: %s: %s", rel or "/", message)
+        log.debug("mirror: %s: %s", rel or "/", message)  # all are listed on stdout at the end
 
     def change(self, line: str) -> None:
         with self._lock:
@@ -806,7 +828,7 @@ class _Run:
         if rel.count("/") > MAX_DEPTH:
             raise _Permanent(f"deeper than {MAX_DEPTH} levels (an endless directory tree?)")
         url = self.base_url + urllib.parse.quote(rel)
-        r = self.http.get_small(url)
+        r = self.http.get_small(url, within=self.base_url if rel else None)
         ctype = r.headers.get("Content-Type", "")
         if "html" not in ctype.lower():
             raise _Permanent(f"not a browsable directory listing (Content-Type {ctype or 'missing'})")
@@ -814,8 +836,6 @@ class _Run:
         if not rel:  # the root as given: follow its redirect, and treat it as a directory
             self.base_url = final if final.endswith("/") else final + "/"
             final = self.base_url
-        elif final != url and not final.startswith(self.base_url):
-            raise _Permanent(f"listing redirects out of the tree, to {final}")
         with self._lock:
             if final in self._listed:
                 raise _Permanent(f"listing redirects to {final}, already listed (a loop)")
@@ -875,7 +895,7 @@ class _Run:
         new = resp.content
         try:
             entries = parse_repomd(new)
-        except ET.ParseError as exc:
+        except (ET.ParseError, ValueError) as exc:
             raise _Permanent(f"bad repomd.xml: {exc}") from None
         live = self.local(md_rel)
         live_repomd = live / "repomd.xml"
@@ -1030,7 +1050,7 @@ class _Run:
             return True
         with self._lock:
             self.stats.corrupt.append(rel)
-        log.warning("mirror: %s does not match its repodata %s checksum%s", rel, exp.algo or "size",
+        log.debug("mirror: %s does not match its repodata %s checksum%s", rel, exp.algo or "size",
                     "" if self.dry_run else ": fetching it again")
         return False
 
@@ -1209,7 +1229,9 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
             except OSError as exc:
                 run.fail(rel, exc.strerror or str(exc))
     # files: everything except repodata being replaced as a whole
-    todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in staged)]
+    # (and a repo whose new repodata is unusable keeps its old repodata files)
+    held = staged + [r.rel + "repodata/" for r in run.repos.values() if r.failed]
+    todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in held)]
     run.progress.total = len(todo)
     run.run_pool(pool, [(run.sync_file, (rel,)) for rel in todo], check)
     run.progress.close()
@@ -1218,12 +1240,12 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
         if repo.stage is None or run.dry_run:
             continue
         if repo.failed or any(p.startswith(repo.rel) or p == "/" for p in failed_paths):
-            log.warning("mirror: keeping the old %srepodata/: some of its files failed", repo.rel)
+            log.debug("mirror: keeping the old %srepodata/: some of its files failed", repo.rel)
             continue
         run.swap_repodata(repo)
     if run.delete:
         if not run.crawl_complete or run.stats.failed:
-            log.warning("mirror: not deleting anything: the upstream tree was not fully read or fetched")
+            log.debug("mirror: not deleting anything: the upstream tree was not fully read or fetched")
         else:
             run.prune()
 
@@ -1250,8 +1272,10 @@ def command(args: argparse.Namespace) -> int:
     try:
         stats = mirror(args.source, args.dest, jobs=args.jobs, excludes=args.exclude,
                        delete=not args.no_delete, dry_run=args.dry_run, ipv4=args.ipv4, verify=args.verify)
-    except MirrorError as exc:
-        print(f"mirror: {exc.stats.summary()}")
+    except MirrorError as exc:  # the report on stdout, the error as one line on stderr
+        for line in exc.stats.failed:
+            print(f"failed {line}")
+        print(f"mirror: {exc.stats.summary()} (nothing deleted)")
         raise
     if args.dry_run:
         for line in stats.changes:

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..dnf import Dnf
 from ..errors import BuildError, UsageError
 from ..fsutil import atomic_output, check_output_path, private_tempdir
-from ..layers import Layers, resolve
+from ..layers import Layers, read_layer_text, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
@@ -85,13 +85,13 @@ def insert_boot_args(tree: Path, args: str) -> None:
     menus = [tree / "boot/isolinux/isolinux.cfg", *sorted(tree.glob("*/*/grub*.cfg"))]
     for menu in menus:
         if menu.is_file():
-            text = menu.read_text()
+            text = read_layer_text(menu)
             menu.write_text(re.sub(r"(?m)^(.*?/vmlinuz)(?=\s|$)", lambda m: f"{m.group(1)} {args.strip()}", text))
 
 
 def installer_bootargs(layers: Layers) -> str:
     """Contents of every layer's installer-bootargs.lst, joined on one line."""
-    parts = [p.read_text().split() for p in layers.find_all("installer-bootargs.lst")]
+    parts = [read_layer_text(p).split() for p in layers.find_all("installer-bootargs.lst")]
     return " ".join(word for words in parts for word in words)
 
 
@@ -147,6 +147,8 @@ def stage_templates(layers: Layers, tree: Path) -> None:
     if not files:
         raise BuildError(f"layers {':'.join(layers.names)} hold no iso/ template tree")
     for rel, src in files.items():
+        if rel.endswith(".cfg") or rel == ".treeinfo":
+            read_layer_text(src)  # menus and .treeinfo are edited as text later: say now which layer file is bad
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
@@ -209,7 +211,7 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
 def efiboot_grub_cfg(layers: Layers, iso_cfg: str) -> str:
     """The ISO's grub.cfg with the layers' efiboot lines inserted after ``set timeout=``."""
     extra_file = layers.find_optional("efiboot-grub.cfg")
-    extra = extra_file.read_text() if extra_file else "search --file --set /install.img\n"
+    extra = read_layer_text(extra_file) if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if line.strip().startswith("set timeout="):
@@ -224,7 +226,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
     treeinfo = tree / ".treeinfo"
     if treeinfo.is_file():
         variables = {**branding, "timestamp": epoch, "TIMESTAMP": f"{epoch}.00"}
-        treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
+        treeinfo.write_text(render_text(read_layer_text(treeinfo), variables, ".treeinfo"))
     packages = tree / "Packages"
     dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
     for rpm in packages.iterdir():
@@ -275,7 +277,7 @@ def _build_tree(opts: IsoOptions, layers: Layers, work: Path, epoch: int, part: 
     isohdpfx = add_bios_loader(rpms, tree)
     loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
     grub_cfg = scratch / "grub-efiboot.cfg"
-    grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
+    grub_cfg.write_text(efiboot_grub_cfg(layers, read_layer_text(tree / "EFI/xenserver/grub.cfg")))
     efiboot.make_efiboot(tree / "boot/efiboot.img", {
         "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
     shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")

@@ -284,6 +284,12 @@ def _check_parent(target: Path) -> None:
         raise UsageError(f"directory of output {target} is not writable")
 
 
+def _name_output(exc: OSError, target: Path) -> None:
+    """An OSError that names no file (a write on an open file: ENOSPC, EIO) is about the output."""
+    if exc.filename is None and not isinstance(exc, shutil.Error):
+        exc.filename = str(target)
+
+
 @contextlib.contextmanager
 def atomic_output(target: Path, force: bool = False, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path beside *target*; publish it onto *target* on success.
@@ -303,6 +309,9 @@ def atomic_output(target: Path, force: bool = False, mode: int = 0o644) -> Itera
         yield tmp
         os.chmod(tmp, mode)
         publish_file(tmp, target, force)
+    except OSError as exc:
+        _name_output(exc, target)
+        raise
     finally:
         def cleanup() -> None:
             with contextlib.suppress(FileNotFoundError):
@@ -328,6 +337,9 @@ def atomic_tree(target: Path, force: bool = False, mode: int = 0o755) -> Iterato
         yield tmp
         os.chmod(tmp, mode)
         publish_tree(tmp, target, force)
+    except OSError as exc:
+        _name_output(exc, target)
+        raise
     finally:
         def cleanup() -> None:
             if os.path.lexists(tmp):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,6 +191,8 @@ def test_sweep_removes_only_dead_owners_names(tmp_path: Path, tmpdir_env: Path) 
         part.write_bytes(b"half")
         os.symlink(part, tmpdir_env / f"xcpimg-reg-{owner}")
     (tmpdir_env / "xcpimg-not-ours").mkdir()             # no owner tag: never touched
+    elsewhere = re.sub(r"h[0-9a-f]{6}-", "h000000-", dead)
+    (tmpdir_env / f"xcpimg-iso-{elsewhere}").mkdir()    # another container's or host's pid: never touched
     (tmpdir_env / f"other-{dead}").mkdir()              # not an xcpimg- name
     forged = tmp_path / "precious"
     forged.write_text("keep")
@@ -197,7 +200,8 @@ def test_sweep_removes_only_dead_owners_names(tmp_path: Path, tmpdir_env: Path) 
     fsutil.sweep_leftovers()
     left = beside(tmpdir_env)
     assert f"xcpimg-iso-{dead}" not in left and f"xcpimg-reg-{dead}" not in left
-    assert {f"xcpimg-iso-{live}", f"xcpimg-reg-{live}", "xcpimg-not-ours", f"other-{dead}"} <= set(left)
+    assert {f"xcpimg-iso-{live}", f"xcpimg-reg-{live}", "xcpimg-not-ours", f"other-{dead}",
+            f"xcpimg-iso-{elsewhere}"} <= set(left)
     assert beside(out) == [f".x.iso.{live}.part"]
     assert forged.read_text() == "keep"  # a registry link to a name we never make
 

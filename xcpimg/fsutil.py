@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -38,8 +39,9 @@ from typing import Any
 
 from .errors import UsageError
 
-#: The owner part of every temporary name: pid, process start time (clock ticks), random.
-_OWNER = r"p(?P<pid>\d+)s(?P<start>\d+)-[0-9a-f]{8}"
+#: The owner part of every temporary name: pid, process start time (clock ticks), the pid
+#: space it belongs to (machine + pid namespace), random.
+_OWNER = r"p(?P<pid>\d+)s(?P<start>\d+)h(?P<space>[0-9a-f]{6})-[0-9a-f]{8}"
 _TEMPDIR_RE = re.compile(r"xcpimg-.*?" + _OWNER)           # private_tempdir in the temp dir
 _REGISTRY_RE = re.compile(r"xcpimg-reg-(?P<owner>" + _OWNER + ")")
 _BESIDE_RE = re.compile(r"\.(?P<name>.+)\.(?P<owner>" + _OWNER + r")\.(?P<kind>part|old)")
@@ -64,14 +66,36 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+_space: str | None = None
+
+
+def _pid_space() -> str:
+    """Which pids a pid in a name refers to: this machine (machine id, else host name) and pid namespace.
+
+    A name made in another container or on another host sharing the directory is never taken
+    for a dead owner's: its pid means nothing here.
+    """
+    global _space
+    if _space is None:
+        ident = ""
+        for source in ("/etc/machine-id", "/proc/self/ns/pid"):
+            with contextlib.suppress(OSError):
+                ident += (os.readlink(source) if source.startswith("/proc") else Path(source).read_text().strip())
+        ident += os.uname().nodename
+        _space = hashlib.sha256(ident.encode()).hexdigest()[:6]
+    return _space
+
+
 def owner_token() -> str:
     """A fresh owner tag for a temporary name of this process."""
     pid = os.getpid()
-    return f"p{pid}s{_start_time(pid) or 0}-{secrets.token_hex(4)}"
+    return f"p{pid}s{_start_time(pid) or 0}h{_pid_space()}-{secrets.token_hex(4)}"
 
 
-def _alive(pid: int, start: int) -> bool:
-    """Whether the process that made a name (pid + start time) still runs."""
+def _alive(pid: int, start: int, space: str) -> bool:
+    """Whether the process that made a name (pid + start time, in pid space *space*) may still run."""
+    if space != _pid_space():
+        return True  # another machine's or container's: we cannot tell
     if pid == os.getpid():
         return True
     try:
@@ -87,7 +111,7 @@ def _alive(pid: int, start: int) -> bool:
 
 
 def _owner_alive(match: re.Match[str]) -> bool:
-    return _alive(int(match.group("pid")), int(match.group("start")))
+    return _alive(int(match.group("pid")), int(match.group("start")), match.group("space"))
 
 
 def _tempdir() -> Path:

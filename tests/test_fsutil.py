@@ -211,6 +211,7 @@ def test_shown_path() -> None:
     assert fsutil.shown_path(f"/d/.x.iso.{owner}.part") == "/d/x.iso"
     assert fsutil.shown_path(f"/d/..x.iso.{owner}.part.{owner}.part") == "/d/x.iso"
     assert fsutil.shown_path("/d/x.iso") == "/d/x.iso"
+    assert fsutil.shown_path(f"/d/.repo.{owner}.part/8/a.rpm") == "/d/repo/8/a.rpm"
 
 
 # ------------------------------------------------------------------------------------ real CLI runs
@@ -343,3 +344,35 @@ def test_live_owners_temp_dir_is_kept(live_holder: tuple[subprocess.Popen[str], 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert held.is_dir() and proc.poll() is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_at_any_moment_leaves_an_iso_or_nothing(sig: signal.Signals, fx: FixtureRepo, tmp_path: Path,
+                                                           tmpdir_env: Path, install_img: Path) -> None:
+    """Signals sent across a whole build (staging, mastering, cleanup): exit 130 and nothing, or 0
+    and the ISO; never a staging tree or a .part left behind."""
+    env = env_with_bin(tmpdir_env)
+    t0 = time.monotonic()
+    first = subprocess.run(iso_argv(fx, tmp_path / "ref.iso", install_img), env=env, capture_output=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr
+    duration = time.monotonic() - t0
+    outcomes = []
+    for i in range(8):
+        out = tmp_path / f"run{i}" / "x.iso"
+        out.parent.mkdir()
+        proc = subprocess.Popen(iso_argv(fx, out, install_img), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(duration * (0.15 + 0.8 * i / 7))
+        proc.send_signal(sig)
+        _o, err = proc.communicate(timeout=120)
+        outcomes.append(proc.returncode)
+        assert "Traceback" not in err
+        if proc.returncode == 130:
+            assert err.strip().splitlines()[-1] == "xcpimg iso: interrupted" and beside(out.parent) == []
+        else:
+            assert proc.returncode == 0, err
+            assert beside(out.parent) == ["x.iso"] and out.read_bytes()[:32768] == \
+                (tmp_path / "ref.iso").read_bytes()[:32768]
+        assert list(tmpdir_env.iterdir()) == [], (i, err)
+    assert 130 in outcomes, outcomes

@@ -40,6 +40,7 @@ class BootError(XcpimgError):
 
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: what went wrong and on which path (temporary names shown as their target)."""
+    import re
     import shutil
 
     from .fsutil import shown_path
@@ -47,7 +48,8 @@ def describe_os_error(exc: OSError) -> str:
         first = exc.args[0][0]
         if isinstance(first, tuple) and len(first) == 3:
             src, dst, why = first
-            return f"cannot copy {src} to {shown_path(dst)}: {why}"
+            reason = re.match(r"(?:\[Errno \d+\] )?([^:]*)", str(why)).group(1)  # type: ignore[union-attr]
+            return f"{reason}: {shown_path(dst)} (copying {src})"
     text = exc.strerror or str(exc) or type(exc).__name__
     if exc.filename is not None:
         text += f": {shown_path(exc.filename)}"

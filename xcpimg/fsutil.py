@@ -424,11 +424,12 @@ def _same_dir(a: Path, b: Path) -> bool:
 
 def shown_path(path: str | os.PathLike[str]) -> str:
     """*path* as a user should read it: a temporary ``.NAME.<owner>.part`` shows as the NAME it becomes."""
-    text = os.fsdecode(path)
-    head, slash, name = text.rpartition("/")
-    while m := _BESIDE_RE.fullmatch(name):
-        name = m.group("name")
-    return head + slash + name
+    parts = os.fsdecode(path).split("/")
+    for i, name in enumerate(parts):
+        while m := _BESIDE_RE.fullmatch(name):
+            name = m.group("name")
+        parts[i] = name
+    return "/".join(parts)
 
 
 def _ours(entry: os.DirEntry[str]) -> bool:

@@ -163,7 +163,8 @@ def uninterrupted(fn: Callable[[], Any]) -> Any:
             def defer(_signo: int, _frame: object) -> None:
                 _deferring["pending"] += 1
             for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(ValueError, OSError):
+                previous = signal.getsignal(sig)
+                if previous is not None:  # None: set outside Python, could not be put back
                     saved[sig] = signal.signal(sig, defer)
         result = fn()
     finally:

@@ -127,7 +127,7 @@ def server(upstream: Path):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mirror, "BACKOFF", 0.01)
+    monkeypatch.setattr(mirror.transfer, "BACKOFF", 0.01)
 
 
 def url_of(server: TreeServer) -> str:
@@ -292,7 +292,7 @@ def test_dry_run_changes_nothing(server: TreeServer, upstream: Path, tmp_path: P
 
 def test_version_form(monkeypatch: pytest.MonkeyPatch, server: TreeServer, upstream: Path,
                       tmp_path: Path) -> None:
-    monkeypatch.setattr(mirror, "UPDATES_URL", server.url.rstrip("/"))
+    monkeypatch.setattr(mirror.listing, "UPDATES_URL", server.url.rstrip("/"))
     assert cli.main(["mirror", "8.3", str(tmp_path / "m")]) == 0
     assert files_of(tmp_path / "m" / "8.3") == expected_of(upstream)
 
@@ -342,7 +342,7 @@ def test_corrupt_package_is_never_kept(server: TreeServer, upstream: Path, tmp_p
     dest = tmp_path / "mirror"
     with pytest.raises(mirror.MirrorError, match="baz-1.0-1.noarch.rpm: sha256 checksum mismatch"):
         mirror.mirror(url_of(server), dest)
-    assert server.gets().count(PKG) == mirror.RETRIES
+    assert server.gets().count(PKG) == mirror.transfer.RETRIES
     assert not (dest / PKG.removeprefix("/8/8.3/")).exists()
     # the repo's repodata is not put in place while one of its packages is missing
     assert not (dest / "base" / "x86_64" / "repodata").exists()

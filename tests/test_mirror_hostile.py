@@ -141,9 +141,9 @@ def test_non_ascii_digits_in_content_length(value: bytes, tmp_path: Path) -> Non
 
 def test_trickling_body_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A body of 1 byte every 0.4 s never trips the per-recv timeout: the stall check stops it."""
-    monkeypatch.setattr(mirror, "STALL_SECONDS", 1.5)
-    monkeypatch.setattr(mirror, "RETRIES", 2)
-    monkeypatch.setattr(mirror, "BACKOFF", 0.01)
+    monkeypatch.setattr(mirror.transfer, "STALL_SECONDS", 1.5)
+    monkeypatch.setattr(mirror.transfer, "RETRIES", 2)
+    monkeypatch.setattr(mirror.transfer, "BACKOFF", 0.01)
     routes = {"/": listing("slow.bin", "good.txt"), "/slow.bin": trickle(1000, 0.4, max_seconds=20),
               "/good.txt": file(GOOD)}
     with HostileServer(routes, lifetime=40) as srv:
@@ -184,9 +184,9 @@ def test_interrupt_during_a_trickle_is_prompt(sig: signal.Signals, tmp_path: Pat
 
 def test_server_that_sends_nothing_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Headers never come: the read timeout (STALL_SECONDS) ends each attempt."""
-    monkeypatch.setattr(mirror, "STALL_SECONDS", 1.0)
-    monkeypatch.setattr(mirror, "RETRIES", 2)
-    monkeypatch.setattr(mirror, "BACKOFF", 0.01)
+    monkeypatch.setattr(mirror.transfer, "STALL_SECONDS", 1.0)
+    monkeypatch.setattr(mirror.transfer, "RETRIES", 2)
+    monkeypatch.setattr(mirror.transfer, "BACKOFF", 0.01)
 
     def silent(h) -> None:  # type: ignore[no-untyped-def]
         h.server.stopping.wait(15)

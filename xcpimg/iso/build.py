@@ -85,7 +85,7 @@ def insert_boot_args(tree: Path, args: str) -> None:
     menus = [tree / "boot/isolinux/isolinux.cfg", *sorted(tree.glob("*/*/grub*.cfg"))]
     for menu in menus:
         if menu.is_file():
-            text = read_layer_text(menu)
+            text = menu.read_text()
             menu.write_text(re.sub(r"(?m)^(.*?/vmlinuz)(?=\s|$)", lambda m: f"{m.group(1)} {args.strip()}", text))
 
 
@@ -226,7 +226,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
     treeinfo = tree / ".treeinfo"
     if treeinfo.is_file():
         variables = {**branding, "timestamp": epoch, "TIMESTAMP": f"{epoch}.00"}
-        treeinfo.write_text(render_text(read_layer_text(treeinfo), variables, ".treeinfo"))
+        treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
     packages = tree / "Packages"
     dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
     for rpm in packages.iterdir():
@@ -245,44 +245,38 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
 def build_iso(opts: IsoOptions) -> None:
     """Build the ISO described by *opts* into opts.output (atomically, never clobbering one).
 
-    The staging tree lives inside the output's lifetime: it is removed (uninterruptibly)
-    before the ISO is published, so an interrupt either leaves no ISO or a whole one, and
-    never a staging tree.
+    The staging tree is removed (uninterruptibly) before the ISO is published: an
+    interrupt leaves either no ISO or a whole one, and never a staging tree.
     """
     validate(opts)
     epoch = build_epoch()
     layers = opts.layers
-    with atomic_output(opts.output, opts.force) as part:
-        with private_tempdir("xcpimg-iso-") as work:
-            _build_tree(opts, layers, work, epoch, part)
+    with atomic_output(opts.output, opts.force) as part, private_tempdir("xcpimg-iso-") as work:
+        tree, scratch = work / "iso", work / "scratch"
+        scratch.mkdir()
+        log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
+        stage_templates(layers, tree)
+        shutil.copyfile(opts.install_img, tree / "install.img")
+        dnf = Dnf(layers, opts.repo_config, work / "dnf")
+        rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
+        add_boot_files(rpms, tree)
+        insert_boot_args(tree, installer_bootargs(layers))
+        if opts.netinstall:
+            (tree / ".treeinfo").unlink(missing_ok=True)
+            insert_boot_args(tree, "netinstall")
+        else:
+            add_repository(opts, dnf, rpms, tree, epoch)
+        isohdpfx = add_bios_loader(rpms, tree)
+        loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
+        grub_cfg = scratch / "grub-efiboot.cfg"
+        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
+        efiboot.make_efiboot(tree / "boot/efiboot.img", {
+            "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
+        shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
+        log.info("mastering %s", opts.output)
+        master.master_iso(tree, part, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
+                          progress=opts.progress)
     log.info("wrote %s (%d MiB)", opts.output, opts.output.stat().st_size >> 20)
-
-
-def _build_tree(opts: IsoOptions, layers: Layers, work: Path, epoch: int, part: Path) -> None:
-    """Stage the ISO tree in *work* and master it into *part*."""
-    tree, scratch = work / "iso", work / "scratch"
-    scratch.mkdir()
-    log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
-    stage_templates(layers, tree)
-    shutil.copyfile(opts.install_img, tree / "install.img")
-    dnf = Dnf(layers, opts.repo_config, work / "dnf")
-    rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
-    add_boot_files(rpms, tree)
-    insert_boot_args(tree, installer_bootargs(layers))
-    if opts.netinstall:
-        (tree / ".treeinfo").unlink(missing_ok=True)
-        insert_boot_args(tree, "netinstall")
-    else:
-        add_repository(opts, dnf, rpms, tree, epoch)
-    isohdpfx = add_bios_loader(rpms, tree)
-    loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
-    grub_cfg = scratch / "grub-efiboot.cfg"
-    grub_cfg.write_text(efiboot_grub_cfg(layers, read_layer_text(tree / "EFI/xenserver/grub.cfg")))
-    efiboot.make_efiboot(tree / "boot/efiboot.img", {
-        "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
-    shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
-    log.info("mastering %s", opts.output)
-    master.master_iso(tree, part, opts.volid, isohdpfx=isohdpfx, epoch=epoch, progress=opts.progress)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -89,12 +89,14 @@ def test_malformed_source_url(source: str, tmp_path: Path) -> None:
         mirror.resolve_source(source, tmp_path)
 
 
-def test_malformed_url_in_a_listing_is_ignored(tmp_path: Path) -> None:
-    """A listing href that is no URL is dropped like any other href that is not a child."""
-    routes = {"/": listing("http://[::1", "http://[::1]/x.rpm", "good.txt"), "/good.txt": file(GOOD)}
+@pytest.mark.parametrize("href", ["http://[::1", "http://127.0.0.1:99999/x.rpm"])
+def test_malformed_url_in_a_listing(href: str, tmp_path: Path) -> None:
+    """A broken server: the run fails (nothing deleted), the good entries are still mirrored;
+    hrefs of other schemes are only dropped."""
+    routes = {"/": listing(href, "mailto:root@localhost", "ftp://x/y.rpm", "good.txt"), "/good.txt": file(GOOD)}
     with HostileServer(routes, lifetime=30) as srv:
         proc = cli(srv.url, str(tmp_path / "m"))
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    one_error_line(proc, 1, "listing links to a malformed URL", href)
     assert files_in(tmp_path / "m") == ["good.txt"]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UsageError, XcpimgError
-from .transfer import TEMP_PREFIX, join_url, split_url
+from .transfer import TEMP_PREFIX, MalformedURL, join_url, split_url
 
 log = logging.getLogger("xcpimg.mirror")
 
@@ -94,8 +94,11 @@ def _safe_name(name: str) -> bool:
             and not any(c in name for c in "/\\") and all(ord(c) >= 0x20 and c != "\x7f" for c in name))
 
 
-def child_links(dir_url: str, text: str) -> list[tuple[str, bool]]:
-    """(name, is_dir) of the direct children a listing page links to; everything else is dropped."""
+def child_links(dir_url: str, text: str, malformed: list[str] | None = None) -> list[tuple[str, bool]]:
+    """(name, is_dir) of the direct children a listing page links to; everything else is dropped.
+
+    Hrefs that are no URL at all (a broken or hostile server) are added to *malformed*.
+    """
     parser = _Links()
     parser.feed(text)
     base = urllib.parse.urlsplit(dir_url)
@@ -103,7 +106,11 @@ def child_links(dir_url: str, text: str) -> list[tuple[str, bool]]:
     for href in parser.hrefs:
         try:
             u = urllib.parse.urlsplit(join_url(dir_url, href))
-        except ValueError:
+        except MalformedURL as exc:
+            if malformed is not None:
+                malformed.append(str(exc))
+            continue
+        except ValueError:  # another scheme (mailto:, ftp:): not a child
             log.debug("ignoring listing entry %r of %s", href, dir_url)
             continue
         if (u.scheme, u.netloc) != (base.scheme, base.netloc) or u.query or u.fragment:

@@ -238,7 +238,11 @@ class _Run:
             if final in self._listed:
                 raise _Permanent(f"listing redirects to {final}, already listed (a loop)")
             self._listed.add(final)
-        return child_links(final, r.text)
+        malformed: list[str] = []
+        children = child_links(final, r.text, malformed)
+        if malformed:  # the good entries are still mirrored; the run fails and deletes nothing
+            self.fail(rel, f"listing links to a {malformed[0]}")
+        return children
 
     def crawl(self, pool: ThreadPoolExecutor) -> None:
         try:

@@ -94,17 +94,21 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class MalformedURL(ValueError):
+    """Not a URL at all (``http://[::1``, a port out of range), as opposed to one of another scheme."""
+
+
 def split_url(url: str) -> urllib.parse.SplitResult:
     """The one URL parser of the mirror: an http(s) URL with a host and a valid port.
 
-    Raises ValueError, with a message naming the URL, for anything else (``http://[::1``,
-    ``file:///``, a port out of range...).
+    Raises MalformedURL for what does not parse (``http://[::1``, a bad port), ValueError
+    for any other scheme (``file:///``, ``mailto:``), each with a message naming the URL.
     """
     try:
         u = urllib.parse.urlsplit(url)
         u.port  # noqa: B018 - parses the port, raising ValueError when it is bad
     except ValueError as exc:
-        raise ValueError(f"malformed URL {url!r} ({exc})") from None
+        raise MalformedURL(f"malformed URL {url!r} ({exc})") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ValueError(f"unsupported URL {url!r} (expected http:// or https://)")
     return u
@@ -115,7 +119,7 @@ def join_url(base: str, href: str) -> str:
     try:
         joined = urllib.parse.urljoin(base, href.strip())
     except ValueError as exc:
-        raise ValueError(f"malformed URL {href!r} ({exc})") from None
+        raise MalformedURL(f"malformed URL {href!r} ({exc})") from None
     return split_url(joined).geturl()
 
 

@@ -180,7 +180,7 @@ def test_interrupt_during_a_trickle_is_prompt(sig: signal.Signals, tmp_path: Pat
                 proc.kill()
                 proc.wait()
     assert proc.returncode == 130 and err.strip() == "xcpimg mirror: interrupted", err
-    assert elapsed < 3, elapsed
+    assert elapsed < 5, elapsed  # the trickle alone would hold it 2 s per byte, the server 40 s
     assert files_in(dest) == []
 
 

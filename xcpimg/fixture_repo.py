@@ -39,8 +39,8 @@ from typing import Any
 from filelock import FileLock
 
 from . import debs, elf
-from .errors import BuildError, ConfigError, ToolError, UsageError
-from .fsutil import private_tempdir, remove_tree
+from .errors import BuildError, ConfigError, ToolError
+from .fsutil import atomic_tree, check_tree_output, private_tempdir, remove_tree
 from .layers import read_package_list
 from .run import build_epoch, output, run
 
@@ -840,25 +840,10 @@ def ensure_fixture_repo(cache: Path | None = None, fixtures: Path = FIXTURES) ->
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _check_dest(dest: Path, force: bool) -> None:
-    if dest.exists() or dest.is_symlink():
-        if not force:
-            raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
-        if not dest.is_dir() or dest.is_symlink():
-            raise UsageError(f"output {dest} exists and is not a directory")
-    if not dest.parent.is_dir():
-        raise UsageError(f"directory of output {dest} does not exist")
-
-
 def copy_tree(src: Path, dest: Path, force: bool) -> None:
-    """Copy *src* to *dest* atomically (temp dir beside *dest*, renamed; replaced only with *force*)."""
-    _check_dest(dest, force)
-    with private_tempdir(prefix=f".{dest.name}.", parent=dest.parent) as tmp:
-        shutil.copytree(src, tmp / "tree", symlinks=True)
-        os.chmod(tmp / "tree", 0o755)
-        if dest.exists():
-            os.rename(dest, tmp / "old")
-        os.rename(tmp / "tree", dest)
+    """Copy *src* to *dest* atomically; an existing *dest* is replaced only with *force* (never lost)."""
+    with atomic_tree(dest, force) as tmp:
+        shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -868,7 +853,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     dest = Path(args.dest).absolute()
-    _check_dest(dest, args.force_overwrite)  # before a possibly long build
+    check_tree_output(dest, args.force_overwrite)  # before a possibly long build
     repo = ensure_fixture_repo()
     copy_tree(repo.root, dest, args.force_overwrite)
     out = FixtureRepo(dest.resolve(), repo.versions, repo.key_name)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import compress, cpio
 from .dnf import RPMDB_PATH, Dnf
-from .errors import BuildError, XcpimgError
+from .errors import BuildError, XcpimgError, describe_os_error
 from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
 from .layers import Layers, read_package_list, resolve
 from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
@@ -279,23 +279,19 @@ def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *, c
     check_output_path(output, force)
     layers.find("packages.lst")
     epoch = build_epoch()
-    with private_tempdir("xcpimg-installimg-", parent=workdir) as tmp:
+    # the root tree is removed (uninterruptibly) before the image is published
+    with atomic_output(output, force) as part, private_tempdir("xcpimg-installimg-", parent=workdir) as tmp:
         root = tmp / "root"
         root.mkdir(mode=0o755)
         try:
             populate(root, layers, repo_config, tmp / "dnf")
         except OSError as exc:
-            raise BuildError(f"building the install.img root in {tmp} failed: {_oserror(exc)}") from None
+            raise BuildError(f"building the install.img root in {tmp} failed: {describe_os_error(exc)}") from None
         try:
-            with atomic_output(output, force) as part:
-                pack(root, part, compression, epoch=epoch)
+            pack(root, part, compression, epoch=epoch)
         except OSError as exc:
-            raise BuildError(f"cannot write {output}: {_oserror(exc)}") from None
+            raise BuildError(f"cannot write {output}: {describe_os_error(exc)}") from None
     log.info("wrote %s", output)
-
-
-def _oserror(exc: OSError) -> str:
-    return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
 
 
 # ---------------------------------------------------------------- CLI

@@ -54,7 +54,8 @@ class Layers:
     def merged_tree(self, subdir: str) -> dict[str, Path]:
         """Files of the template tree *subdir* across layers: relative path -> winning file.
 
-        An overlay layer replaces a single file by holding the same relative path.
+        An overlay layer replaces a single file by holding the same relative path. A path
+        that is a file in one layer and a directory in another is a ConfigError.
         """
         return {rel: path for rel, (_top, path) in self.merged_entries(subdir).items()}
 
@@ -74,15 +75,40 @@ class Layers:
             for path in sorted(top.rglob("*")):
                 if path.is_file() or path.is_symlink():
                     merged.setdefault(path.relative_to(top).as_posix(), (top, path))
+        for rel, (_top, src) in merged.items():
+            parent = rel.rpartition("/")[0]
+            while parent:
+                if parent in merged:
+                    raise ConfigError(f"{merged[parent][1]} is a file, but {src} needs {subdir}/{parent} "
+                                      "to be a directory")
+                parent = parent.rpartition("/")[0]
         return dict(sorted(merged.items()))
+
+    def text(self, name: str) -> str:
+        """The text of file *name* from the first layer that holds it."""
+        return read_layer_text(self.find(name))
+
+
+def read_layer_text(path: Path) -> str:
+    """The one way a layer file (INCLUDE, template, list, boot menu) is read: UTF-8 text.
+
+    An unreadable file or one that is not UTF-8 is a ConfigError naming the file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start})") from None
 
 
 def read_package_list(path: Path) -> list[str]:
     """Package names of a ``packages.lst`` (whitespace-separated, ``#`` starts a comment)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read package list {path}: {exc.strerror}") from None
+    text = read_layer_text(path)
     names = [name for line in text.splitlines() for name in line.split("#", 1)[0].split()]
     if not names:
         raise ConfigError(f"{path} lists no package")
@@ -106,7 +132,7 @@ def _includes(layer: Path) -> list[str]:
     inc = layer / "INCLUDE"
     if not inc.is_file():
         return []
-    lines = inc.read_text().splitlines()
+    lines = read_layer_text(inc).splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BuildError, ToolError, UsageError
-from .fsutil import private_tempdir
+from .fsutil import atomic_output, owner_token, private_tempdir
 from .run import run, tool_env, which
 
 log = logging.getLogger("xcpimg.sign")
@@ -252,7 +252,7 @@ def private_gnupghome(prefix: str = "xcpimg-gnupg-") -> Iterator[Path]:
     exist; a socket path must stay under ~107 bytes, so a long $TMPDIR gives way to /tmp.
     """
     parent = None
-    if len(os.path.join(tempfile.gettempdir(), prefix + "x" * 8, "S.gpg-agent.browser")) > _MAX_SOCKET:
+    if len(os.path.join(tempfile.gettempdir(), prefix + owner_token(), "S.gpg-agent.browser")) > _MAX_SOCKET:
         parent = Path("/tmp")
     with private_tempdir(prefix, parent) as home:
         os.chmod(home, 0o700)
@@ -351,16 +351,9 @@ def run_sign_script(script: Path | str, iso_dir: Path) -> SignatureInfo:
 # -- sample signer -----------------------------------------------------------------
 
 def _write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace *target* with *data* atomically (the signer's own files in the ISO tree)."""
+    with atomic_output(target, force=True, mode=mode) as tmp:
+        tmp.write_bytes(data)
 
 
 def set_treeinfo_key(treeinfo: Path, key_file: str) -> None:
@@ -442,18 +435,11 @@ def _sign_and_export(gpg, fingerprint: str, iso_dir: Path, nick: str,  # type: i
                      digest: str) -> None:
     repomd = iso_dir / "repodata" / "repomd.xml"
     asc = repomd.with_name("repomd.xml.asc")
-    fd, tmp = tempfile.mkstemp(prefix=".repomd.xml.asc.", dir=repomd.parent)
-    os.close(fd)
-    try:
+    with atomic_output(asc, force=True) as tmp:
         result = gpg.sign_file(str(repomd), keyid=fingerprint, detach=True, clearsign=False,
-                               output=tmp, extra_args=["--digest-algo", digest])
+                               output=str(tmp), extra_args=["--digest-algo", digest])
         if result.returncode != 0 or not result.fingerprint or os.path.getsize(tmp) == 0:
             raise BuildError(f"gpg could not sign {repomd}: {_last_line(result.stderr)}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, asc)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     public = gpg.export_keys(fingerprint, armor=True, minimal=True)
     if "BEGIN PGP PUBLIC KEY BLOCK" not in public:
         raise BuildError(f"gpg could not export the public key {fingerprint}")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..dnf import Dnf, check_package_names
 from ..errors import BuildError, ConfigError, ToolError, UsageError
-from ..fsutil import check_output_path, copy_node, copy_tree, private_tempdir
-from ..layers import Layers, configs_dir, resolve
+from ..fsutil import atomic_output, check_output_path, copy_node, copy_tree, private_tempdir
+from ..layers import Layers, configs_dir, read_layer_text, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
@@ -92,7 +92,7 @@ def insert_boot_args(tree: Path, args: str) -> None:
 
 def installer_bootargs(layers: Layers) -> str:
     """Contents of every layer's installer-bootargs.lst, joined on one line."""
-    parts = [p.read_text().split() for p in layers.find_all("installer-bootargs.lst")]
+    parts = [read_layer_text(p).split() for p in layers.find_all("installer-bootargs.lst")]
     return " ".join(word for words in parts for word in words)
 
 
@@ -148,6 +148,8 @@ def stage_templates(layers: Layers, tree: Path) -> None:
     if not files:
         raise BuildError(f"layers {':'.join(layers.names)} hold no iso/ template tree")
     for rel, (top, src) in files.items():
+        if rel.endswith(".cfg") or rel == ".treeinfo":
+            read_layer_text(src)  # menus and .treeinfo are edited as text later: say now which layer file is bad
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         copy_node(src, dest, top)  # a link stays a link, and only if it stays inside its layer's tree
@@ -226,7 +228,7 @@ def efiboot_grub_cfg(layers: Layers, iso_cfg: str, scratch: Path) -> str:
         default = extra_file is None or extra_file.parent == configs_dir() / "base"
         if extra_file is None or default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
             return apply_patch(patch_file, iso_cfg, scratch)
-    extra = extra_file.read_text() if extra_file else "search --file --set /install.img\n"
+    extra = read_layer_text(extra_file) if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if line.strip().startswith("set timeout="):
@@ -278,11 +280,15 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
 
 
 def build_iso(opts: IsoOptions) -> None:
-    """Build the ISO described by *opts* into opts.output (atomically)."""
+    """Build the ISO described by *opts* into opts.output (atomically, never clobbering one).
+
+    The staging tree is removed (uninterruptibly) before the ISO is published: an
+    interrupt leaves either no ISO or a whole one, and never a staging tree.
+    """
     validate(opts)
     epoch = build_epoch()
     layers = opts.layers
-    with private_tempdir("xcpimg-iso-") as work:
+    with atomic_output(opts.output, opts.force) as part, private_tempdir("xcpimg-iso-") as work:
         tree, scratch = work / "iso", work / "scratch"
         scratch.mkdir()
         dnf = Dnf(layers, opts.repo_config, work / "dnf")  # reads the keys first: a bad --gpgkey fails at once
@@ -305,8 +311,7 @@ def build_iso(opts: IsoOptions) -> None:
             "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
         shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
         log.info("mastering %s", opts.output)
-        check_output_path(opts.output, opts.force)  # master_iso writes atomically, replacing any file
-        master.master_iso(tree, opts.output, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
+        master.master_iso(tree, part, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
                           progress=opts.progress)
     log.info("wrote %s (%d MiB)", opts.output, opts.output.stat().st_size >> 20)
 

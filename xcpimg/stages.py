@@ -19,6 +19,9 @@ STAGES: tuple[str, ...] = ("bootloader", "hypervisor", "kernel", "init")
 INIT_MARKER = "xcpimg-init: reached"
 #: Prefix of the next line; the rest of that line is the contents of /proc/cmdline.
 CMDLINE_PREFIX = "xcpimg-cmdline: "
+#: Line printed before the init marker when ``answerfile=file:///X`` is on the command line and X
+#: exists: ``xcpimg-answerfile: /X <root element name>``.
+ANSWERFILE_PREFIX = "xcpimg-answerfile: "
 
 #: stage -> console regexes meaning the stage was reached.
 STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {

@@ -2,8 +2,7 @@
 
 The answerfile (XML, root ``<installation>``, ``<upgrade>`` or ``<restore>``) goes
 into install.img as ``/answerfile.xml``, in a newc segment appended to the image
-(or, for a compression whose kernel decompressor does not stop at the end of its
-stream, in a rebuilt image: see APPEND_OK); the install entries get
+(or, where that does not survive the boot, in a rebuilt image: see APPEND_OK); the install entries get
 ``answerfile=file:///answerfile.xml install`` after the dom0 kernel. The real
 installer refuses ``no-repo-gpgcheck``/``no-gpgcheck`` on the command line
 together with an answerfile: those words leave the boot lines and become
@@ -35,9 +34,11 @@ URL = f"file:///{IMAGE_PATH}"
 BOOT_WORDS = f"answerfile={URL} install"
 #: boot words the installer refuses with an answerfile -> the answerfile root attribute instead
 GPG_WORDS = {"no-repo-gpgcheck": "repo-gpgcheck", "no-gpgcheck": "gpgcheck"}
-#: compressions whose image takes an appended segment as is (checked by booting, see
-#: tests/test_answerfile.py); any other is rebuilt (decompressed, extended, recompressed)
-APPEND_OK = frozenset({"gzip", "bzip2", "xz", "zstd"})
+#: compressions whose image takes an appended segment as is, checked by booting (see
+#: tests/test_answerfile.py). Not gzip: Xen itself decompresses a gzip dom0 initrd before
+#: handing it over, and only its first stream survives. Any other is rebuilt (decompressed,
+#: extended, recompressed as one stream).
+APPEND_OK = frozenset({"bzip2", "xz", "zstd"})
 MAX_SIZE = 1 << 20
 
 
@@ -99,11 +100,12 @@ def unattended_menu(text: str) -> tuple[str, set[str]]:
 
 
 def make_unattended(tree: Path, answer: Answerfile, install_img: Path, scratch: Path,
-                    epoch: int) -> tuple[Answerfile, list[str]]:
+                    epoch: int, also_removed: set[str] | None = None) -> tuple[Answerfile, list[str]]:
     """Edit every boot menu of *tree* and write *tree*/install.img holding the answerfile
-    (*install_img*: the image to start from). Returns the answerfile as embedded and the
-    notes to print."""
-    removed: set[str] = set()
+    (*install_img*: the image to start from; *also_removed*: gpg-check words already taken
+    off menus outside the tree, such as efiboot.img's). Returns the answerfile as embedded
+    and the notes to print."""
+    removed: set[str] = set(also_removed or ())
     for menu in menus.menu_files(tree):
         text, gone = unattended_menu(menu.read_text())
         menu.write_text(text)

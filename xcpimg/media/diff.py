@@ -115,6 +115,9 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "treeinfo": [a["treeinfo"], b["treeinfo"]] if a["treeinfo"] != b["treeinfo"] else None,
     }
     img_a, img_b = a["install_img"] or {}, b["install_img"] or {}
+    keys = ("compression", "segments", "answerfile")
+    summary_a, summary_b = ({k: img.get(k) for k in keys} for img in (img_a, img_b))
+    out["install_img"] = [summary_a, summary_b] if summary_a != summary_b else None
     if img_a.get("packages") is not None and img_b.get("packages") is not None:
         out["installimg_packages"] = diff_packages(img_a["packages"], img_b["packages"])
     return out
@@ -163,6 +166,8 @@ def render(d: dict[str, Any]) -> str:
     lines += [f"~ file {f['path']} ({f['old_size']} -> {f['new_size']} bytes)" for f in d["files"]["changed"]]
     if d["treeinfo"]:
         lines.append(".treeinfo changed")
+    if d["install_img"]:
+        lines.append(f"install.img: {d['install_img'][0]} -> {d['install_img'][1]}")
     if not is_different(d):
         lines.append("no differences" + ("" if d["bytes_identical"] else " (the images differ in bytes only)"))
     return "\n".join(lines)

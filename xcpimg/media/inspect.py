@@ -78,8 +78,8 @@ def _signature(iso: IsoReader, scratch: Path) -> dict[str, Any]:
 def inspect_iso(path: Path, installimg: bool = False) -> dict[str, Any]:
     """Everything `xcpimg inspect` reports, as plain data."""
     path = Path(path)
-    lay = layout.read_layout(path)
     with IsoReader(path) as iso, private_tempdir("xcpimg-inspect-") as scratch:
+        lay = layout.read_layout(path)
         for entry in lay.entries:
             entry.image = iso.path_at_extent(entry.lba)
         if lay.catalog_lba is not None:
@@ -102,9 +102,28 @@ def inspect_iso(path: Path, installimg: bool = False) -> dict[str, Any]:
         report["treeinfo"] = _treeinfo(treeinfo.decode(errors="replace")) if treeinfo is not None else None
         report["install_img"] = _install_img(iso, scratch, installimg)
         report["repository"] = _repository(iso, scratch)
-        report["files"] = {rel: {"size": node.size, "sha256": iso.sha256(rel)}
-                           for rel, node in iso.files().items() if not rel.startswith("Packages/")}
+        report["files"] = _files(iso, lay)
     return report
+
+
+def _files(iso: IsoReader, lay: layout.Layout) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file outside Packages/ but the boot catalog (a mastering
+    artifact, described by the layout); the BIOS boot image is hashed with its boot info
+    table (bytes 8-63, which the mastering tool writes) zeroed."""
+    import hashlib
+    bios = lay.bios.image if lay.bios else None
+    out = {}
+    for rel, node in iso.files().items():
+        if rel.startswith("Packages/") or rel == lay.catalog:
+            continue
+        if rel == bios:
+            data = bytearray(iso.read(rel))
+            data[8:64] = bytes(len(data[8:64]))
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = iso.sha256(rel)
+        out[rel] = {"size": node.size, "sha256": digest}
+    return out
 
 
 def _install_img(iso: IsoReader, scratch: Path, installimg: bool) -> dict[str, Any] | None:

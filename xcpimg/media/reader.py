@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,14 +50,22 @@ class IsoReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise UsageError(f"{self.path} is not a file")
-        with open(self.path, "rb") as f:
-            f.seek(16 * 2048)
-            if f.read(6)[1:6] != b"CD001":
-                raise UsageError(f"{self.path} is not an ISO image (no ISO9660 volume descriptor)")
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(16 * 2048)
+                pvd = f.read(2048)
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror}") from None
+        if pvd[1:6] != b"CD001" or len(pvd) < 2048:
+            raise UsageError(f"{self.path} is not an ISO image (no ISO9660 volume descriptor)")
+        blocks = struct.unpack_from("<I", pvd, 80)[0]
+        if pvd[0] == 1 and self.path.stat().st_size < blocks * 2048:
+            raise BuildError(f"{self.path} is truncated: {self.path.stat().st_size} bytes, its volume "
+                             f"holds {blocks * 2048}")
         self.iso = pycdlib.PyCdlib()
         try:
             self.iso.open(str(self.path))
-        except PyCdlibException as exc:
+        except (PyCdlibException, struct.error, ValueError, IndexError, OSError) as exc:
             raise BuildError(f"cannot read {self.path} as an ISO image: {exc}") from None
         if self.iso.has_rock_ridge():
             self.space = "rr_path"

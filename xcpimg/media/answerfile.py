@@ -40,6 +40,17 @@ GPG_WORDS = {"no-repo-gpgcheck": "repo-gpgcheck", "no-gpgcheck": "gpgcheck"}
 #: extended, recompressed as one stream).
 APPEND_OK = frozenset({"bzip2", "xz", "zstd"})
 MAX_SIZE = 1 << 20
+#: A minimal fresh-install answerfile (for the unattended matrix configuration and the tests).
+SAMPLE = b"""<?xml version="1.0"?>
+<installation mode="fresh">
+  <keymap>us</keymap>
+  <primary-disk>sda</primary-disk>
+  <root-password>xcp-ng</root-password>
+  <source type="local"/>
+  <admin-interface name="eth0" proto="dhcp"/>
+  <timezone>Europe/Paris</timezone>
+</installation>
+"""
 
 
 @dataclass(frozen=True)
@@ -60,16 +71,17 @@ def load(path: Path) -> Answerfile:
     return parse(data, str(path))
 
 
-def parse(data: bytes, name: str = "answerfile") -> Answerfile:
+def parse(data: bytes, name: str = "") -> Answerfile:
+    what = f"answerfile {name}" if name else "answerfile"
     if len(data) > MAX_SIZE:
-        raise UsageError(f"answerfile {name} is larger than {MAX_SIZE >> 20} MiB")
+        raise UsageError(f"{what} is larger than {MAX_SIZE >> 20} MiB")
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
-        raise UsageError(f"answerfile {name} is not XML: {exc}") from None
+        raise UsageError(f"{what} is not XML: {exc}") from None
     if root.tag not in ROOTS:
-        raise UsageError(f"answerfile {name} has root <{root.tag}>, expected "
-                         f"{', '.join(f'<{r}>' for r in ROOTS)}")
+        expected = ", ".join(f"<{r}>" for r in ROOTS[:-1]) + f" or <{ROOTS[-1]}>"
+        raise UsageError(f"{what} has root <{root.tag}>, expected {expected}")
     return Answerfile(data, root.tag)
 
 

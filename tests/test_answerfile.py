@@ -91,7 +91,10 @@ def test_answerfile_in_installimg(method: str, tmp_path_factory: pytest.TempPath
     src = probe_with(tmp_path_factory, probe_initrd, method)
     out = tmp_path / "install.img"
     answerfile.embed(src, out, answerfile.parse(ANSWERFILE), tmp_path, 1704067200)
-    segments = [m for m, found in initrd.segments(out) if [*found] is not None]
+    segments = []
+    for m, found in initrd.segments(out):
+        assert list(found), m  # every segment holds members
+        segments.append(m)
     expected = [method, None] if method in answerfile.APPEND_OK else [method]
     assert segments == expected
     assert initrd.compression(out) == method

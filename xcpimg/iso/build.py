@@ -24,11 +24,11 @@ from ..dnf import Dnf
 from ..errors import BuildError, UsageError
 from ..fsutil import check_output_path, private_tempdir
 from ..layers import Layers, resolve
+from ..media import answerfile, menus
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
 from ..run import build_epoch, run
-from ..media import answerfile, menus
 from . import efiboot, master
 
 log = logging.getLogger("xcpimg.iso")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import XcpimgError
 from .inspect import inspect_iso
-from .repodata import Package, evrcmp, parse_nevra
+from .repodata import evrcmp, parse_nevra
 
 
 class DiffTrouble(XcpimgError):

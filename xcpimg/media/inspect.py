@@ -32,7 +32,7 @@ MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 def efiboot_cfgs(image: Path, scratch: Path) -> dict[str, str]:
     """The GRUB configurations (``EFI/*/grub*.cfg``) inside a FAT image, by path."""
     listing = output(["mdir", "-/", "-b", "-i", image, "::/"], env=MTOOLS_ENV, what="list efiboot.img")
-    out = {}
+    out: dict[str, str] = {}
     for line in listing.splitlines():
         rel = line.strip().removeprefix("::/")
         if rel.endswith("/") or not menus.is_menu_path(rel) or not rel.upper().startswith("EFI/"):
@@ -53,7 +53,7 @@ def _treeinfo(text: str) -> dict[str, Any]:
 
 
 def _signature(iso: IsoReader, scratch: Path) -> dict[str, Any]:
-    from ..sign import signature_info, check_repo_signature
+    from ..sign import check_repo_signature, signature_info
     asc = iso.read_optional("repodata/repomd.xml.asc")
     if asc is None:
         return {"signed": False}

@@ -173,3 +173,17 @@ def test_remaster_moves_both_words(base_iso: Path, answer_file: Path, tmp_path: 
 @pytest.mark.parametrize("mode", ["bios-cd", "uefi-usb"])
 def test_unattended_iso_boots(unattended_iso: Path, mode: str, tmp_path: Path) -> None:
     assert answerfile.boot_unattended(unattended_iso, mode, tmp_path / "logs", root="installation") == []
+
+
+@pytest.mark.parametrize("content,word", [(b"<installation><keymap>", "is not XML"),
+                                          (b"<?xml version='1.0'?><answers/>", "has root <answers>")])
+def test_iso_refuses_bad_answerfile(content: bytes, word: str, probe_initrd: Path, tmp_path: Path) -> None:
+    from mediakit import assert_one_line_error
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(content)
+    tmpdir = tmp_path / "t"
+    tmpdir.mkdir()
+    out = tmp_path / "out.iso"
+    proc = cli("iso", ["-o", out, "-V", "X", "--answerfile", bad, "8.3:testing", probe_initrd], tmpdir)
+    assert_one_line_error(proc, "iso", 2, word)
+    assert not out.exists() and list(tmpdir.iterdir()) == []

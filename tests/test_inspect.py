@@ -162,3 +162,11 @@ def test_inspect_bad_input(tmp_path: Path, base_iso: Path) -> None:
     assert_one_line_error(proc, "inspect", proc.returncode, "truncated.iso")
     assert proc.returncode != 0
     assert [p for p in tmpdir.iterdir() if stat.S_ISDIR(p.stat().st_mode)] == []
+
+
+def test_inspect_data_disc(tmp_path: Path) -> None:
+    from test_remaster import plain_iso
+    report = inspect_json(plain_iso(tmp_path), tmp_path)
+    assert report["volume_id"] == "DATA" and report["files"].keys() == {"README"}
+    assert report["layout"]["entries"] == [] and report["layout"]["mbr"] == [] and report["layout"]["gpt"] is None
+    assert report["menus"] == {} and report["repository"] is None and report["install_img"] is None

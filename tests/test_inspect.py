@@ -170,3 +170,23 @@ def test_inspect_data_disc(tmp_path: Path) -> None:
     assert report["volume_id"] == "DATA" and report["files"].keys() == {"README"}
     assert report["layout"]["entries"] == [] and report["layout"]["mbr"] == [] and report["layout"]["gpt"] is None
     assert report["menus"] == {} and report["repository"] is None and report["install_img"] is None
+
+
+def test_installimg_reader_stays_in_its_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile member names (``..``, absolute, a database link out of the root) are never followed."""
+    from xcpimg.media import initrd
+    from xcpimg.probe import Entry, newc_archive
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    img = tmp_path / "hostile.img"
+    img.write_bytes(newc_archive([
+        Entry("../../var/lib/rpm/rpmdb.sqlite", stat.S_IFREG | 0o644, b"x"),
+        Entry("var/lib/rpm", stat.S_IFLNK | 0o777, str(tmp_path / "outside").encode()),
+        Entry("var/lib/rpm/../../../escape", stat.S_IFREG | 0o644, b"x")], 0))
+    with pytest.raises(initrd.BuildError, match="holds no rpm database"):
+        initrd.packages(img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.img", "scratch"]
+    assert list(scratch.iterdir()) == []

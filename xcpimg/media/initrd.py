@@ -13,6 +13,7 @@ import bz2
 import io
 import lzma
 import os
+import posixpath
 import shutil
 import stat
 import zlib
@@ -121,11 +122,13 @@ def members(path: Path) -> Iterator[cpio.Member]:
 
 
 def _clean(name: str) -> str | None:
-    """A member name as a relative path, or None when it is unsafe (absolute, ``..``)."""
-    parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
-    if not parts or name.startswith("/") or ".." in parts:
+    """A member name as a relative path, or None when it is absolute or leaves the root."""
+    if name.startswith("/"):
         return None
-    return "/".join(parts)
+    norm = posixpath.normpath(name)
+    if norm in (".", "..") or norm.startswith("../"):
+        return None
+    return norm
 
 
 def packages(path: Path) -> list[Package]:
@@ -139,10 +142,10 @@ def packages(path: Path) -> list[Package]:
             dest = root / rel
             if member.is_dir:
                 dest.mkdir(parents=True, exist_ok=True)
-            elif member.is_symlink:
+            elif member.is_symlink:  # only the database directory itself, to the other known place
                 target = member.data.decode(errors="replace")
                 inside = _clean(str(PurePosixPath(rel).parent / target))
-                if not target.startswith("/") and inside is not None:
+                if rel in RPMDB_DIRS and not target.startswith("/") and inside in RPMDB_DIRS:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     if dest.is_symlink() or dest.exists():
                         continue

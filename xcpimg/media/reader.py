@@ -189,7 +189,7 @@ class IsoReader:
         self.copy_to(path, _Sink())  # type: ignore[arg-type]
         return digest.hexdigest()
 
-    def extract(self, dest: Path, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def extract(self, dest: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
         """Write the whole tree under *dest* (a new, empty directory); *skip*: paths left out."""
         dest = Path(dest)
         for path, node in self.nodes().items():

@@ -144,3 +144,30 @@ def test_bad_input(case: str, base_iso: Path, tmp_path: Path) -> None:
     assert_one_line_error(proc, "remaster", code, word)
     assert {p.name: p.read_bytes() for p in outdir.iterdir()} == before
     assert [p for p in tmpdir.iterdir() if stat.S_ISDIR(p.stat().st_mode)] == []
+
+
+@pytest.fixture(scope="module")
+def xorriso_remastered(base_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An ISO mastered by xorriso from an xcpimg tree, and its remaster with --bootargs."""
+    from test_inspect import xorriso_master
+    tmp = tmp_path_factory.mktemp("xorriso")
+    source = xorriso_master(base_iso, tmp / "tree", tmp / "xorriso.iso")
+    out = tmp / "re.iso"
+    proc = cli("remaster", [source, "-o", out, "--bootargs", BOOTARG], tmp)
+    assert proc.returncode == 0, proc.stderr
+    return source, out
+
+
+def test_remaster_foreign_iso(xorriso_remastered: tuple[Path, Path], tmp_path: Path) -> None:
+    source, out = xorriso_remastered
+    code, d = diff_json(source, out, tmp_path)
+    assert code == 1 and d["layout"] is None and d["volume_id"] is None
+    assert {f["path"] for f in d["files"]["changed"]} == {
+        "boot/isolinux/isolinux.cfg", "EFI/xenserver/grub.cfg", "boot/efiboot.img"}
+    assert len(d["boot_args"]) == 18 and all(c["kernel"]["added"] == [BOOTARG] for c in d["boot_args"])
+
+
+@pytest.mark.boot
+def test_remastered_foreign_iso_boots(xorriso_remastered: tuple[Path, Path], tmp_path: Path) -> None:
+    result = boot_in_mode(xorriso_remastered[1], "uefi-usb", tmp_path / "logs")
+    assert BOOTARG in (result.cmdline or "").split(), result.cmdline

@@ -146,7 +146,8 @@ def test_iso_answerfile(unattended_iso: Path, tmp_path: Path) -> None:
     assert report["install_img"]["answerfile"] == "installation"
     assert report["install_img"]["segments"] == ["gzip"]  # the probe is gzip: rebuilt, one stream
     with IsoReader(unattended_iso) as iso:
-        iso.copy_to("install.img", (tmp_path / "img").open("wb"))
+        with (tmp_path / "img").open("wb") as f:
+            iso.copy_to("install.img", f)
     data = initrd.file_data(tmp_path / "img", "answerfile.xml")
     assert data is not None and ET.fromstring(data).get("repo-gpgcheck") == "false"
     assert ET.fromstring(data).get("gpgcheck") is None
@@ -160,7 +161,8 @@ def test_remaster_moves_both_words(base_iso: Path, answer_file: Path, tmp_path: 
     assert re.search(r'note: .*no-gpgcheck -> gpgcheck="false", no-repo-gpgcheck -> repo-gpgcheck="false"',
                      proc.stderr), proc.stderr
     with IsoReader(out) as iso:
-        iso.copy_to("install.img", (tmp_path / "img").open("wb"))
+        with (tmp_path / "img").open("wb") as f:
+            iso.copy_to("install.img", f)
         cfgs = [iso.read(p).decode() for p in ("boot/isolinux/isolinux.cfg", "EFI/xenserver/grub.cfg")]
     data = initrd.file_data(tmp_path / "img", "answerfile.xml")
     assert data is not None
@@ -187,3 +189,20 @@ def test_iso_refuses_bad_answerfile(content: bytes, word: str, probe_initrd: Pat
     proc = cli("iso", ["-o", out, "-V", "X", "--answerfile", bad, "8.3:testing", probe_initrd], tmpdir)
     assert_one_line_error(proc, "iso", 2, word)
     assert not out.exists() and list(tmpdir.iterdir()) == []
+
+
+def test_signed_iso_keeps_answerfile(tmp_path_factory: pytest.TempPathFactory, probe_initrd: Path,
+                                     answer_file: Path, tmp_path: Path) -> None:
+    """A signed ISO has no gpg-check words to move: the answerfile goes in unchanged, no note."""
+    import sys
+    signer = Path(sys.executable).parent / "xcpimg-sample-sign"
+    iso = fixture_iso(tmp_path_factory, probe_initrd, "8.3:testing", sign_script=signer, answerfile=answer_file)
+    report = inspect_json(iso, tmp_path, "--installimg")
+    assert report["repository"]["signature"]["valid"]
+    assert report["install_img"]["answerfile"] == "installation"
+    with IsoReader(iso) as reader:
+        with (tmp_path / "img").open("wb") as f:
+            reader.copy_to("install.img", f)
+        menu = reader.read("boot/isolinux/isolinux.cfg").decode()
+    assert initrd.file_data(tmp_path / "img", "answerfile.xml") == ANSWERFILE
+    assert "gpgcheck" not in menu and menu.count("answerfile=file:///answerfile.xml install") == 6

@@ -159,7 +159,7 @@ def build_release(opts: ReleaseOptions) -> dict[str, Any]:
         for medium in plan:
             media.append(describe(staging / medium.file, medium))
         if opts.boot:
-            boot_all(staging, media, work / "boot-logs")
+            boot_all(staging, media)
         manifest = {"spec": opts.spec, "version": layers.dist, "date": ymd(epoch), "epoch": epoch,
                     "target": opts.target or target_of(opts.spec), "media": media}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -193,9 +193,14 @@ def describe(path: Path, medium: Medium) -> dict[str, Any]:
     return entry
 
 
-def boot_all(staging: Path, media: list[dict[str, Any]], logdir: Path) -> None:
-    """Boot every ISO in every matrix mode; record the results in *media*."""
+def boot_all(staging: Path, media: list[dict[str, Any]]) -> None:
+    """Boot every ISO in every matrix mode; record the results in *media*. The boot logs
+    are kept (and named in the manifest) only when a boot fails."""
+    import tempfile
+
+    from ..fsutil import remove_tree
     from .vm import BOOT_MODES, boot_in_mode
+    logdir = Path(tempfile.mkdtemp(prefix="xcpimg-release-boot-"))
     failed = []
     for entry in media:
         if entry["kind"] == "install.img":
@@ -210,7 +215,9 @@ def boot_all(staging: Path, media: list[dict[str, Any]], logdir: Path) -> None:
                 failed.append(f"{entry['file']} {mode}")
             log.info("boot %s %s: %s", entry["file"], mode, "ok" if entry["boot"][mode]["ok"] else "FAILED")
     if failed:
-        log.warning("warning: %d boot(s) failed: %s", len(failed), ", ".join(failed))
+        log.warning("warning: %d boot(s) failed: %s (logs in %s)", len(failed), ", ".join(failed), logdir)
+    else:
+        remove_tree(logdir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

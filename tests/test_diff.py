@@ -46,6 +46,20 @@ def test_base_vs_testing(base_iso: Path, testing_iso: Path, tmp_path: Path) -> N
         in text.stdout.splitlines()
 
 
+def test_layer_repos(base_iso: Path, testing_iso: Path, tmp_path: Path) -> None:
+    fx_repo = ensure_fixture_repo()
+    fx = fx_repo.manifest()["8.3"]
+    code, d = diff_json(base_iso, testing_iso, tmp_path, "--layers", "8.3:testing", "--srcurl",
+                        fx_repo.srcurl("8.3"), "--gpgkey", fx_repo.gpgkey_url)
+    assert code == 1
+    assert d["repos"] == {f"{name}-{fx[repo][name]}": f"xcpng-{repo}"
+                          for name in ("branding-xcp-ng", "kernel-alt") for repo in ("base", "testing")}
+    proc = cli("diff", [base_iso, testing_iso, "--layers", "8.3:testing", "--srcurl", fx_repo.srcurl("8.3")],
+               tmp_path)
+    assert f"^ package kernel-alt-{fx['base']['kernel-alt']} [xcpng-base] -> " \
+           f"kernel-alt-{fx['testing']['kernel-alt']} [xcpng-testing]" in proc.stdout.splitlines()
+
+
 def test_equal(base_iso: Path, tmp_path: Path) -> None:
     code, d = diff_json(base_iso, base_iso, tmp_path)
     assert code == 0 and d["bytes_identical"]

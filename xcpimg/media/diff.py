@@ -4,21 +4,27 @@ Packages of the ``Packages/`` repository added, removed, upgraded and downgraded
 (by name and arch, EVR compared as rpm does), boot-argument changes per menu
 entry (Xen and dom0 kernel words), files added, removed or changed outside
 ``Packages/`` (with sizes), the volume id, boot layout and ``.treeinfo``, and with
-``--installimg`` the packages of install.img. Exit code 0 when equal, 1 when
-different, 2 on trouble (like diff).
+``--installimg`` the packages of install.img. With ``--layers SPEC`` (and the
+repository options of ``xcpimg iso``) each changed package is named with the
+layer repository that holds it. Exit code 0 when equal, 1 when different, 2 on
+trouble (like diff).
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import XcpimgError
+from ..fsutil import private_tempdir
+from ..layers import resolve
+from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args, write_repo_files
 from .inspect import inspect_iso
-from .repodata import evrcmp, parse_nevra
+from .repodata import evrcmp, parse_nevra, read_repo
 
 
 class DiffTrouble(XcpimgError):
@@ -45,6 +51,26 @@ def diff_packages(old: list[str], new: list[str]) -> dict[str, list[Any]]:
             elif order < 0:
                 out["downgraded"].append([pa.nevra, pb.nevra])
     return out
+
+
+def layer_repos(spec: str, cfg: RepoConfig) -> dict[str, str]:
+    """NEVRA -> id of the first repository of the layers *spec* that holds it."""
+    layers = resolve(spec)
+    found: dict[str, str] = {}
+    with private_tempdir("xcpimg-diff-repos-") as reposdir:
+        write_repo_files(layers, cfg, reposdir)
+        repos = []
+        for layer in [d.name for d in layers.dirs]:
+            path = reposdir / f"{layer}.repo"
+            if path.is_file():
+                parser = configparser.ConfigParser(interpolation=None)
+                parser.read(path)
+                repos += [(section, parser[section]["baseurl"]) for section in parser.sections()
+                          if "baseurl" in parser[section]]
+    for repo_id, baseurl in repos:
+        for pkg in read_repo(baseurl):
+            found.setdefault(pkg.nevra, repo_id)
+    return found
 
 
 def _words(image: dict[str, Any] | None) -> list[str]:
@@ -125,7 +151,7 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def is_different(d: dict[str, Any]) -> bool:
     for key, value in d.items():
-        if key in ("a", "b", "bytes_identical"):
+        if key in ("a", "b", "bytes_identical", "repos"):
             continue
         if isinstance(value, dict):
             if any(value.values()):
@@ -137,6 +163,10 @@ def is_different(d: dict[str, Any]) -> bool:
 
 def render(d: dict[str, Any]) -> str:
     lines = [f"--- {d['a']}", f"+++ {d['b']}"]
+    repos = d.get("repos") or {}
+
+    def n(nevra: str) -> str:
+        return f"{nevra} [{repos[nevra]}]" if nevra in repos else nevra
     if d["volume_id"]:
         lines.append(f"volume id: {d['volume_id'][0]!r} -> {d['volume_id'][1]!r}")
     if d["layout"]:
@@ -148,9 +178,9 @@ def render(d: dict[str, Any]) -> str:
     for title, pk in (("package", d["packages"]), ("install.img package", d.get("installimg_packages"))):
         if not pk:
             continue
-        lines += [f"+ {title} {n}" for n in pk["added"]] + [f"- {title} {n}" for n in pk["removed"]]
-        lines += [f"^ {title} {o} -> {n}" for o, n in pk["upgraded"]]
-        lines += [f"v {title} {o} -> {n}" for o, n in pk["downgraded"]]
+        lines += [f"+ {title} {n(p)}" for p in pk["added"]] + [f"- {title} {n(p)}" for p in pk["removed"]]
+        lines += [f"^ {title} {n(o)} -> {n(p)}" for o, p in pk["upgraded"]]
+        lines += [f"v {title} {n(o)} -> {n(p)}" for o, p in pk["downgraded"]]
     for c in d["boot_args"]:
         if c["change"] != "changed":
             lines.append(f"{'+' if c['change'] == 'added' else '-'} boot entry {c['menu']}: {c['entry']}")
@@ -178,11 +208,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("b", metavar="B.iso", type=Path)
     parser.add_argument("--json", action="store_true", help="print the differences as JSON")
     parser.add_argument("--installimg", action="store_true", help="also compare install.img's packages")
+    parser.add_argument("--layers", metavar="SPEC", help="name each changed package's layer repository "
+                        "(the layers' repos, with the repository options below)")
+    add_repo_arguments(parser)
 
 
 def command(args: argparse.Namespace) -> int:
     try:
         d = diff_reports(inspect_iso(args.a, args.installimg), inspect_iso(args.b, args.installimg))
+        if args.layers:
+            known = layer_repos(args.layers, repo_config_from_args(args))
+            changed = {nevra for pk in (d["packages"], d.get("installimg_packages") or {}) for key in pk
+                       for item in pk[key] for nevra in ([item] if isinstance(item, str) else item)}
+            d["repos"] = {nevra: known[nevra] for nevra in sorted(changed) if nevra in known}
     except XcpimgError as exc:
         raise DiffTrouble(str(exc)) from None
     sys.stdout.write((json.dumps(d, indent=2, sort_keys=True) if args.json else render(d)) + "\n")

@@ -83,28 +83,10 @@ def media_plan(layers: Layers, opts: ReleaseOptions, epoch: int) -> list[Medium]
     return plan
 
 
-def _read_url(url: str) -> bytes:
-    if url.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-        path = Path(unquote(urlparse(url).path))
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise BuildError(f"cannot read {url}: {exc.strerror}") from None
-    import requests
-    try:
-        resp = requests.get(url, timeout=60)
-        resp.raise_for_status()
-    except requests.RequestException as exc:
-        raise BuildError(f"cannot fetch {url}: {exc}") from None
-    return resp.content
-
-
 def linstor_repo_packages(url: str, arch: str) -> list[str]:
     """Names of every package of the linstor repository at *url* (``URL/linstor/<arch>/``)."""
     base = f"{url.rstrip('/')}/{LINSTOR_LAYER}/{arch}"
-    href = repodata.primary_href(_read_url(f"{base}/repodata/repomd.xml"))
-    return sorted({p.name for p in repodata.parse_primary(_read_url(f"{base}/{href}"))})
+    return sorted({p.name for p in repodata.read_repo(base)})
 
 
 def validate(opts: ReleaseOptions) -> Layers:

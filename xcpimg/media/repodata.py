@@ -83,6 +83,32 @@ def parse_primary(data: bytes) -> list[Package]:
     return sorted(out)
 
 
+def read_url(url: str) -> bytes:
+    """The bytes at a file:// or http(s):// URL."""
+    if url.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+        path = unquote(urlparse(url).path)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise BuildError(f"cannot read {url}: {exc.strerror}") from None
+    import requests
+    try:
+        resp = requests.get(url, timeout=60)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        raise BuildError(f"cannot fetch {url}: {exc}") from None
+    return resp.content
+
+
+def read_repo(baseurl: str) -> list[Package]:
+    """The packages of the yum repository at *baseurl* (its repodata/repomd.xml, then primary)."""
+    base = baseurl.rstrip("/")
+    href = primary_href(read_url(f"{base}/repodata/repomd.xml"))
+    return parse_primary(read_url(f"{base}/{href}"))
+
+
 # ---------------------------------------------------------------- version order (rpm's rules)
 
 _SEGMENT = re.compile(r"(~|\^|[0-9]+|[A-Za-z]+)")

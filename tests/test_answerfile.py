@@ -79,6 +79,8 @@ def test_check_unattended() -> None:
     problems = answerfile.check_unattended(f"{INIT_MARKER}\n", cmdline + " no-repo-gpgcheck")
     assert problems == ["the installer reported no answerfile",
                         "gpg-check words on the command line: no-repo-gpgcheck"]
+    url_form = good.replace(" /answerfile.xml ", " file:///answerfile.xml ")  # the fixture installer's form
+    assert answerfile.check_unattended(url_form, cmdline, "installation") == []
     assert "expected /answerfile.xml <installation>" in answerfile.check_unattended(
         good.replace("installation", "restore"), cmdline, "installation")[0]
 

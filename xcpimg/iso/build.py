@@ -24,7 +24,6 @@ from ..dnf import Dnf
 from ..errors import BuildError, UsageError
 from ..fsutil import check_output_path, private_tempdir
 from ..layers import Layers, resolve
-from ..media import answerfile, menus
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
@@ -79,12 +78,14 @@ def validate(opts: IsoOptions) -> None:
         if not s.is_file() or not os.access(s, os.X_OK):
             raise UsageError(f"sign script {s} is not an executable file")
     if opts.answerfile is not None:
+        from ..media import answerfile
         answerfile.load(opts.answerfile)
     check_output_path(opts.output, opts.force)
 
 
 def insert_boot_args(tree: Path, args: str) -> None:
     """Insert *args* right after the first ``/vmlinuz`` of every line of the boot menus."""
+    from ..media import menus
     if not args.strip():
         return
     for menu in menus.menu_files(tree):
@@ -263,6 +264,7 @@ def build_iso(opts: IsoOptions) -> None:
         else:
             add_repository(opts, dnf, rpms, tree, epoch)
         if opts.answerfile is not None:
+            from ..media import answerfile
             _, notes = answerfile.make_unattended(tree, answerfile.load(opts.answerfile), tree / "install.img",
                                                   scratch, epoch)
             for note in notes:

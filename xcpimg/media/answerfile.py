@@ -146,7 +146,8 @@ def embed(src: Path, dest: Path, answer: Answerfile, scratch: Path, epoch: int) 
 # ---------------------------------------------------------------- what the installer saw
 
 def parse_report(console: str) -> tuple[str, str] | None:
-    """(path, root element) from the probe's ``xcpimg-answerfile:`` line, or None."""
+    """(path or URL, root element) from an ``xcpimg-answerfile:`` line, or None. The probe
+    initrd reports the path it read, the fixture installer the URL it was given."""
     for line in clean(console).splitlines():
         idx = line.find(ANSWERFILE_PREFIX)
         if idx >= 0:
@@ -164,7 +165,7 @@ def check_unattended(console: str, cmdline: str | None, root: str | None = None)
     words = (cmdline or "").split()
     if report is None:
         problems.append("the installer reported no answerfile")
-    elif report[0] != "/" + IMAGE_PATH or (root is not None and report[1] != root):
+    elif report[0] not in ("/" + IMAGE_PATH, URL) or (root is not None and report[1] != root):
         problems.append(f"the installer found answerfile {report[0]} <{report[1]}>, expected "
                         f"/{IMAGE_PATH}" + (f" <{root}>" if root else ""))
     if f"answerfile={URL}" not in words:

@@ -176,13 +176,16 @@ def check_unattended(console: str, cmdline: str | None, root: str | None = None)
     return problems
 
 
-def boot_unattended(iso: Path, mode: str, logdir: Path | None = None, root: str | None = None) -> list[str]:
-    """Boot *iso* in *mode* (``bios-cd``...) to the installer's init and check_unattended() it.
+def boot_unattended(iso: Path, mode: str, logdir: Path | None = None, root: str | None = None,
+                    until: str = "init") -> list[str]:
+    """Boot *iso* in *mode* (``bios-cd``...) to stage *until* and check_unattended() it.
 
+    ``init`` suits the probe initrd (it reports before its marker); an install.img whose
+    installer reports the answerfile on its first screen needs the stage that waits for it.
     Raises BootError when the boot itself fails. For the pytest plugin's unattended
     matrix configuration.
     """
     from .vm import boot_in_mode
-    result = boot_in_mode(iso, mode, logdir)
+    result = boot_in_mode(iso, mode, logdir, until)
     console = Path(result.serial_log).read_text(errors="replace")
     return check_unattended(console, result.cmdline, root)

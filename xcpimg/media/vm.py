@@ -9,7 +9,7 @@ from ..qemu import BOOT_MODES, BootResult, boot, boot_mode
 __all__ = ["BOOT_MODES", "BootResult", "boot_in_mode"]
 
 
-def boot_in_mode(iso: Path, mode: str, logdir: Path | None = None) -> BootResult:
-    """Boot *iso* in a matrix mode (``bios-cd``, ``uefi-usb``...) until the installer's init."""
+def boot_in_mode(iso: Path, mode: str, logdir: Path | None = None, until: str = "init") -> BootResult:
+    """Boot *iso* in a matrix mode (``bios-cd``, ``uefi-usb``...) until *until* (the installer's init)."""
     firmware, media, no_eltorito = boot_mode(mode)
-    return boot(iso, firmware=firmware, media=media, until="init", logdir=logdir, no_eltorito=no_eltorito)
+    return boot(iso, firmware=firmware, media=media, until=until, logdir=logdir, no_eltorito=no_eltorito)

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fixture-repo": ("xcpimg.fixture_repo", "build the embedded fixture repository"),
     "sample-sign": ("xcpimg.sign", "sample sign script: sign an ISO tree's repodata with gpg"),
     "demo": ("xcpimg.demo", "build the fixture repository, an ISO from it, and boot it"),
+    "inspect": ("xcpimg.media.inspect", "report what an installation ISO holds"),
+    "diff": ("xcpimg.media.diff", "compare two installation ISOs (exit 0 equal, 1 different)"),
+    "remaster": ("xcpimg.media.remaster", "rebuild an ISO with changes, keeping its boot layout"),
+    "release": ("xcpimg.media.release", "build a release's install.img and ISOs, with SHA256SUMS and manifest"),
 }
 
 log = logging.getLogger("xcpimg")

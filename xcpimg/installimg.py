@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from . import compress, cpio
+from . import compat, compress, cpio
 from .dnf import RPMDB_PATH, Dnf
 from .errors import BuildError, XcpimgError, describe_os_error
 from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
@@ -304,10 +304,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compression of the cpio archive (default bzip2, as the original; the "
                              "XCP-ng 4.19 kernel cannot unpack zstd)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+    compat.add_arguments(parser)
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
 
 
 def command(args: argparse.Namespace) -> int:
+    compat.check(args)
     require_root()
     layers = resolve(args.spec)
     cfg = repo_config_from_args(args)

@@ -28,6 +28,9 @@ CMDLINE_PREFIX = "xcpimg-cmdline: "
 KERNEL_CMDLINE = re.compile(r"^(?:\[\s*\d+\.\d+\]\s*)?(?:Kernel c|C)ommand line: ?(.*)$")
 #: The installer's first screen (host-installer: "Welcome to %s - Version %s (Kernel %s)").
 INSTALLER_WELCOME = re.compile(r"Welcome to (\S.*?) - Version (\S+)(?: \(Kernel ([^)\s]+)\))?")
+#: Line printed before the init marker when ``answerfile=file:///X`` is on the command line and X
+#: exists: ``xcpimg-answerfile: /X <root element name>``.
+ANSWERFILE_PREFIX = "xcpimg-answerfile: "
 
 #: stage -> console regexes meaning the stage was reached.
 STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import compat
 from ..dnf import Dnf, check_package_names
 from ..errors import BuildError, ConfigError, ToolError, UsageError
 from ..fsutil import atomic_output, check_output_path, copy_node, copy_tree, private_tempdir
@@ -59,6 +60,7 @@ class IsoOptions:
     sign_script: Path | None = None
     force: bool = False
     progress: bool = False
+    answerfile: Path | None = None
 
 
 def validate(opts: IsoOptions) -> None:
@@ -76,18 +78,19 @@ def validate(opts: IsoOptions) -> None:
         s = opts.sign_script
         if not s.is_file() or not os.access(s, os.X_OK):
             raise UsageError(f"sign script {s} is not an executable file")
+    if opts.answerfile is not None:
+        from ..media import answerfile
+        answerfile.load(opts.answerfile)
     check_output_path(opts.output, opts.force)
 
 
 def insert_boot_args(tree: Path, args: str) -> None:
     """Insert *args* right after the first ``/vmlinuz`` of every line of the boot menus."""
+    from ..media import menus
     if not args.strip():
         return
-    menus = [tree / "boot/isolinux/isolinux.cfg", *sorted(tree.glob("*/*/grub*.cfg"))]
-    for menu in menus:
-        if menu.is_file():
-            text = menu.read_text()
-            menu.write_text(re.sub(r"(?m)^(.*?/vmlinuz)(?=\s|$)", lambda m: f"{m.group(1)} {args.strip()}", text))
+    for menu in menus.menu_files(tree):
+        menu.write_text(menus.add_kernel_args(menu.read_text(), args))
 
 
 def installer_bootargs(layers: Layers) -> str:
@@ -303,6 +306,12 @@ def build_iso(opts: IsoOptions) -> None:
             insert_boot_args(tree, "netinstall")
         else:
             add_repository(opts, dnf, rpms, tree, epoch)
+        if opts.answerfile is not None:
+            from ..media import answerfile
+            _, notes = answerfile.make_unattended(tree, answerfile.load(opts.answerfile), tree / "install.img",
+                                                  scratch, epoch)
+            for note in notes:
+                log.info("%s", note)
         isohdpfx = add_bios_loader(rpms, tree)
         loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
         grub_cfg = scratch / "grub-efiboot.cfg"
@@ -328,6 +337,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sign-script", metavar="SCRIPT",
                         help="run SCRIPT ISO_DIR to sign repodata/repomd.xml (a bare name is looked up on PATH)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--answerfile", metavar="FILE", type=Path,
+                        help="unattended media: put FILE into install.img as /answerfile.xml and boot with it")
+    compat.add_arguments(parser)
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
     parser.add_argument("install_img", metavar="INSTALL.IMG", type=Path, help="the installer image")
 
@@ -345,10 +357,11 @@ def sign_script_path(value: str | None) -> Path | None:
 
 
 def command(args: argparse.Namespace) -> int:
+    compat.check(args)
     opts = IsoOptions(layers=resolve(args.spec), install_img=args.install_img, output=args.output,
                       volid=args.volid, repo_config=repo_config_from_args(args),
                       extra_packages=args.extra_packages.split(), efi_installer=args.efi_installer,
                       netinstall=args.netinstall, sign_script=sign_script_path(args.sign_script),
-                      force=args.force_overwrite, progress=sys.stderr.isatty())
+                      force=args.force_overwrite, progress=sys.stderr.isatty(), answerfile=args.answerfile)
     build_iso(opts)
     return 0

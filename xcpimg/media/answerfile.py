@@ -147,7 +147,8 @@ def embed(src: Path, dest: Path, answer: Answerfile, scratch: Path, epoch: int) 
 
 def parse_report(console: str) -> tuple[str, str] | None:
     """(path or URL, root element) from an ``xcpimg-answerfile:`` line, or None. The probe
-    initrd reports the path it read, the fixture installer the URL it was given."""
+    initrd and the fixture installer report the path they read for a ``file://`` answerfile,
+    the URL for any other."""
     for line in clean(console).splitlines():
         idx = line.find(ANSWERFILE_PREFIX)
         if idx >= 0:

@@ -66,6 +66,14 @@ def test_argv_uefi_pxe() -> None:
 
 
 def test_argv_commas_in_paths_are_escaped() -> None:
+    """A comma in a file name is doubled: QEMU reads one file name, never extra options."""
+    assert "if=none,id=cd,media=cdrom,format=raw,readonly=on,file=/x/a.iso,,if=pflash,,format=qcow2" in \
+        _argv(Cd(Path("/x/a.iso,if=pflash,format=qcow2")))
+    cfg = MachineConfig(medium=Usb(Path("/x/b,c.iso")), firmware="uefi", firmware_file=Path("/fw/CO,DE.fd"),
+                        vars_template=Path("/fw/VARS.fd"))
+    drives = [a for a in build_argv(cfg, SOCK, SOCK / "V,ARS.fd") if a.startswith("if=")]
+    assert [d.rpartition("file=")[2] for d in drives] == [
+        "/fw/CO,,DE.fd", "/tmp/xcpimg-vm-test/V,,ARS.fd", "/x/b,,c.iso"]
     argv = _argv(Pxe(Path("/t/a,b"), "pxelinux.0"))
     assert "user,id=n0,tftp=/t/a,,b,bootfile=pxelinux.0" in argv
     assert "if=none,id=cd,media=cdrom,format=raw,readonly=on,file=/x/a,,b.iso" in _argv(Cd(Path("/x/a,b.iso")))

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hostkit import need_root
 
 from xcpimg import cpio
 from xcpimg.errors import BuildError
@@ -77,8 +78,8 @@ def test_order_fields_and_padding(tmp_path: Path) -> None:
     assert end.endswith(b"TRAILER!!!")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 def test_device_node(tmp_path: Path) -> None:
+    need_root("mknod")
     make_tree(tmp_path / "r")
     by = {m.name: m for m in cpio.read_newc(io.BytesIO(archive(tmp_path / "r")))}
     dev = by["etc/console"]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostkit import need_root, unprivileged
 
 from xcpimg import compress, cpio, installimg
 from xcpimg.errors import BuildError, ConfigError, XcpimgError
@@ -20,7 +21,6 @@ from xcpimg.layers import Layers, read_package_list, resolve
 from xcpimg.repos import RepoConfig
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 # ---------------------------------------------------------------- cheap: helpers on fake roots
@@ -73,8 +73,8 @@ def fake_layers(tmp_path: Path) -> Layers:
     return Layers((top, low))
 
 
-@needs_root
 def test_overlay_first_layer_wins_modes_kept_links_replaced(tmp_path: Path) -> None:
+    need_root("overlay chowns to root")
     root = tmp_path / "root"
     (root / "etc/systemd/system").mkdir(parents=True)
     victim = tmp_path / "victim"
@@ -90,6 +90,19 @@ def test_overlay_first_layer_wins_modes_kept_links_replaced(tmp_path: Path) -> N
     assert stat.S_IMODE((root / "etc/sysconfig/run.sh").stat().st_mode) == 0o750
     assert os.readlink(root / "etc/systemd/system/xenstored.service") == "/dev/null"
     assert all(os.lstat(p).st_uid == 0 and os.lstat(p).st_gid == 0 for p in root.rglob("*"))
+
+
+def test_overlay_refuses_links_out_of_the_layer(tmp_path: Path) -> None:
+    """``-> /dev/null`` is the image's own /dev/null (allowed); climbing out of the tree is refused."""
+    layer = tmp_path / "evil"
+    (layer / "installimg/etc").mkdir(parents=True)
+    os.symlink("../../../../../etc/shadow", layer / "installimg/etc/shadow")
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(BuildError, match=r"installimg: symlink etc/shadow -> \.\./\.\./\.\./\.\./\.\./etc/shadow "
+                                         r"points outside its tree"):
+        installimg.overlay(root, Layers((layer,)))
+    assert not (root / "etc/shadow").exists() and not (root / "etc/shadow").is_symlink()
 
 
 def test_overlay_refuses_to_replace_directory(tmp_path: Path) -> None:
@@ -119,8 +132,8 @@ def _unit(root: Path, rel: str, install: str = "WantedBy=multi-user.target") -> 
     path.write_text(f"[Unit]\nDescription={rel}\n[Service]\nExecStart=/bin/true\n[Install]\n{install}\n")
 
 
-@needs_root
 def test_configure_units_enables_and_disables_existing(tmp_path: Path) -> None:
+    need_root("systemctl --root on a root-owned tree")
     root = tmp_path / "root"
     (root / "etc/systemd/system").mkdir(parents=True)
     _unit(root, "installer.service")
@@ -165,13 +178,11 @@ def test_not_root_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.Mo
     assert not called and not list(tmp_path.iterdir())
 
 
-@needs_root
 def test_cli_as_unprivileged_user(tmp_path: Path) -> None:
-    """The real CLI, run under uid 65534: one error line, exit 1, nothing written."""
+    """The real CLI, run unprivileged (under root: as uid 65534): one error line, exit 1, nothing written."""
     tmp_path.chmod(0o777)
-    code = ("import os, sys; os.setgid(65534); os.setuid(65534); "
-            "from xcpimg.cli import main; sys.exit(main(sys.argv[1:]))")
-    argv = [sys.executable, "-c", code, "installimg", "-o", str(tmp_path / "i.img"), "8.3:testing"]
+    argv = unprivileged([sys.executable, "-m", "xcpimg.cli", "installimg", "-o", str(tmp_path / "i.img"),
+                         "8.3:testing"])
     res = subprocess.run(argv, capture_output=True, text=True, cwd=CHECKOUT,
                          env={**os.environ, "HOME": str(tmp_path)})
     assert res.returncode == 1
@@ -181,8 +192,8 @@ def test_cli_as_unprivileged_user(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.img*"))
 
 
-@needs_root
 def test_refusals_before_work(tmp_path: Path) -> None:
+    need_root("non-root is refused before these checks")
     out = tmp_path / "install.img"
     out.write_text("old")
     from xcpimg.errors import UsageError
@@ -199,12 +210,8 @@ def test_refusals_before_work(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def fixture_repo():  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.skip("building install.img needs root")
-    try:
-        from xcpimg.fixture_repo import ensure_fixture_repo
-    except ImportError:
-        pytest.skip("fixture repository module not available")
+    need_root("building install.img")
+    from xcpimg.fixture_repo import ensure_fixture_repo
     return ensure_fixture_repo()
 
 

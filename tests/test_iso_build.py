@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pycdlib
 import pytest
-from rpmkit import build_rpm, make_repo
+from hostkit import without_dac_override
+from rpmkit import OTHER_UID, build_rpm, fixture_sign, make_repo, sign_rpms, tamper, throwaway_gnupghome
 
 from xcpimg.fixture_repo import FixtureRepo, ensure_fixture_repo
 from xcpimg.iso.build import IsoOptions, build_iso
@@ -202,8 +203,9 @@ def cli_env(tmpdir: Path | None = None, extra: dict[str, str] | None = None) -> 
     return {**env, **(extra or {})}
 
 
-def cli(args: list[str | Path], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xcpimg.cli", "iso", *map(str, args)], env=env, cwd=cwd,
+def cli(args: list[str | Path], env: dict[str, str], cwd: Path,
+        wrap: Callable[[list[str]], list[str]] = list) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(wrap([sys.executable, "-m", "xcpimg.cli", "iso", *map(str, args)]), env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -326,7 +328,7 @@ def test_full_treeinfo(full: Built, fx: FixtureRepo) -> None:
         key, eq, value = line.partition("=")
         if eq:
             values[key.strip()] = " ".join(shlex.split(value))
-    values["timestamp"] = str(build_epoch())
+    values["timestamp"] = f"{build_epoch()}.00"  # date +%s.00, as upstream
     template = resolve(full.spec).find("iso/.treeinfo").read_text()
     expected = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: values[m.group(1)], template)
     expected = re.sub(r"(?m)^key", "#key", expected)
@@ -339,7 +341,7 @@ def test_full_treeinfo(full: Built, fx: FixtureRepo) -> None:
     parsed.read_string(text)
     assert parsed["general"]["version"] == values["PRODUCT_VERSION"]
     assert parsed["general"]["family"] == values["PRODUCT_BRAND"] == "XCP-ng"
-    assert parsed["general"]["timestamp"] == str(build_epoch())
+    assert parsed["general"]["timestamp"] == f"{build_epoch()}.00"
     assert values["PRODUCT_VERSION"].startswith(full.ver)
 
 
@@ -548,6 +550,31 @@ def test_overlay_layer_bootargs_in_every_entry(mkimage: Built) -> None:
     assert xen_lines and not any(OVERLAY_WORDS[0] in line for line in xen_lines)
 
 
+def test_layer_grub_efiboot_patch_changes_efiboot_grub_cfg(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                          fx: FixtureRepo, install_img: Path) -> None:
+    """A downstream layer written for the bash tools: its grub-efiboot-cfg.patch (applied with
+    patch to a copy of EFI/xenserver/grub.cfg) makes efiboot.img's grub.cfg; the ISO's is unchanged."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    grub_cfg = resolve("8.3:testing").find("iso/EFI/xenserver/grub.cfg").read_text()
+    assert "set timeout=5\n" in grub_cfg
+    changed = grub_cfg.replace("set timeout=5\n", "set timeout=5\nsearch --file --set /install.img\n"
+                                                   "echo xcpimg-downstream-patch\n")
+    assert changed != grub_cfg
+    (tmp_path / "a").write_text(grub_cfg)
+    (tmp_path / "b").write_text(changed)
+    diff = subprocess.run(["diff", "-u", "--label", "a/EFI/xenserver/grub.cfg", "--label", "b/EFI/xenserver/grub.cfg",
+                           tmp_path / "a", tmp_path / "b"], capture_output=True, text=True).stdout
+    assert diff.startswith("--- a/EFI/xenserver/grub.cfg")
+    (layer / "grub-efiboot-cfg.patch").write_text(diff)
+    path = build(tmp_path_factory, fx, install_img, f"8.3:testing:{layer}", "efiboot-patch")
+    iso = Iso(path)
+    iso_cfg = iso.text("/EFI/xenserver/grub.cfg")  # the template with the boot arguments inserted
+    assert "xcpimg-downstream-patch" not in iso_cfg
+    assert iso.efiboot_grub_cfg(tmp_path) == iso_cfg.replace(
+        "set timeout=5\n", "set timeout=5\nsearch --file --set /install.img\necho xcpimg-downstream-patch\n")
+
+
 # ----------------------------------------------------------------------------------- repos (CLI)
 
 
@@ -558,6 +585,7 @@ def extras(tmp_path_factory: pytest.TempPathFactory, fx: FixtureRepo, install_im
     tmp = tmp_path_factory.mktemp("extras")
     rpm = build_rpm(tmp / "rpmbuild", "xcpimg-extra-tool", "2.5", "7",
                     files={"/usr/share/xcpimg-extra/hello": b"hello\n"}, requires=("vim-minimal",))
+    fixture_sign([rpm])  # a -D repository is checked with the same keys as the layers'
     make_repo(tmp / "custom" / "x86_64", [rpm])
     out = tmp / "extras.iso"
     out.write_bytes(b"an older ISO\n")
@@ -649,6 +677,8 @@ class Case:
     code: int
     words: tuple[str, ...]
     existing: bytes | None = None  # bytes of a pre-existing output file
+    absent: tuple[Path, ...] = ()  # paths that must not exist afterwards
+    wrap: Callable[[list[str]], list[str]] = list  # how the CLI's argv is run (hostkit)
 
 
 @pytest.fixture(scope="module")
@@ -663,6 +693,42 @@ def sha1_keyring() -> Iterator[Path]:
     finally:
         subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def other_home() -> Iterator[Path]:
+    """A GNUPGHOME holding a throwaway key that is not the fixture's."""
+    with throwaway_gnupghome() as home:
+        yield home
+
+
+def fixture_copy(tmp: Path, fx: FixtureRepo, name: str, how: str, home: Path | None = None) -> Path:
+    """A copy of the fixture's 8.3 base package *name*: "unsigned", signed by "other" key, or "tampered"."""
+    src = fixture_rpm(fx, "8.3", "base", name).path
+    copy = tmp / "bad-rpms" / how / src.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, copy)
+    if how in ("unsigned", "other"):
+        run(["rpmsign", "--delsign", copy])
+        if how == "other":
+            assert home is not None
+            sign_rpms([copy], home, OTHER_UID)
+    else:
+        tamper(copy)  # a payload byte, after signing
+    return copy
+
+
+def crafted_grub(tmp: Path, fx: FixtureRepo, links: dict[str, str]) -> Path:
+    """The fixture's grub-efi with *links* added to its module directory, signed with the fixture key."""
+    grub = fixture_rpm(fx, "8.3", "base", "grub-efi")
+    root = tmp / "grub-root"
+    grub.extract(root)
+    files = {"/" + p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    rpm = build_rpm(tmp / "rpmbuild", "grub-efi", grub.version, f"{grub.release}.crafted", files=files,
+                    links={f"/usr/lib/grub/x86_64-efi/{k}": v for k, v in links.items()})
+    fixture_sign([rpm])
+    return rpm
 
 
 def script(tmp: Path, name: str, body: str) -> Path:
@@ -693,12 +759,12 @@ def bad_cases() -> dict[str, Callable[[Path, FixtureRepo, pytest.FixtureRequest]
         return Case(["-o", "OUT", "-V", "X", *std(fx), "8.3:testing", t / "imgdir"], 2, ("install.img", "imgdir"))
 
     def img_unreadable(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
-        if os.geteuid() == 0:
-            pytest.skip("root reads mode-000 files")
         img = t / "locked.img"
         img.write_bytes(b"x")
         img.chmod(0)
-        return Case(["-o", "OUT", "-V", "X", *std(fx), "8.3:testing", img], 2, ("install.img", "locked.img"))
+        # root reads mode-000 files: run the CLI without the capabilities that allow it
+        return Case(["-o", "OUT", "-V", "X", *std(fx), "8.3:testing", img], 2, ("install.img", "locked.img"),
+                    wrap=without_dac_override)
 
     def existing(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
         return Case(["-o", "OUT", "-V", "X", *std(fx), "8.3:testing", "IMG"], 2,
@@ -779,10 +845,89 @@ def bad_cases() -> dict[str, Callable[[Path, FixtureRepo, pytest.FixtureRequest]
         return Case(["-o", "OUT", "-V", "X", "--sign-script", s, *std(fx), "8.3:testing", "IMG"], 1,
                     ("SHA1", "repomd.xml.asc"))
 
+    def efiboot_patch_fails(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        layer = t / "layer"
+        layer.mkdir()
+        (layer / "grub-efiboot-cfg.patch").write_text(
+            "--- a/EFI/xenserver/grub.cfg\n+++ b/EFI/xenserver/grub.cfg\n@@ -10,6 +10,7 @@\n"
+            " set timeout=50\n insmod nothing\n set default=9\n+echo never\n"
+            " menuentry \"elsewhere\" {\n  chainloader /nope\n }\n")
+        return Case(["-o", "OUT", "-V", "X", *std(fx), f"8.3:testing:{layer}", "IMG"], 1,
+                    ("grub-efiboot-cfg.patch", str(layer), "does not apply"))
+    def boot_rpm_case(t: Path, fx: FixtureRepo, replace: dict[str, Path], *words: str,
+                      extra: tuple[str, ...] = ()) -> Case:
+        srcurl = repo_with(t, fx, replace)
+        return Case(["-o", "OUT", "-V", "X", "--srcurl", srcurl, "--gpgkey", fx.gpgkey_url, "--netinstall",
+                     *extra, "8.3:base", "IMG"], 1, words)
+
+    def sig_unsigned(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        bad = fixture_copy(t, fx, "grub-efi", "unsigned")
+        return boot_rpm_case(t, fx, {"grub-efi": bad}, f"package {bad.name} is not signed", "--nogpgcheck")
+
+    def sig_other_key(t: Path, fx: FixtureRepo, request: pytest.FixtureRequest) -> Case:
+        bad = fixture_copy(t, fx, "syslinux", "other", request.getfixturevalue("other_home"))
+        return boot_rpm_case(t, fx, {"syslinux": bad}, f"package {bad.name} is signed by key ID",
+                             "not among the repository keys", fx.gpgkey_url)
+
+    def sig_tampered(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        bad = fixture_copy(t, fx, "kernel", "tampered")
+        return boot_rpm_case(t, fx, {"kernel": bad}, f"package {bad.name} does not match its signature")
+
+    def sig_packages_dir(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        """An unsigned package for Packages/ from a -D repository (not a boot package)."""
+        rpm = build_rpm(t / "rpmbuild", "xcpimg-evil", files={"/usr/share/xcpimg-evil": b"evil\n"})
+        make_repo(t / "evil" / "x86_64", [rpm])
+        return Case(["-o", "OUT", "-V", "X", *std(fx), "-D", f"evil!{t / 'evil'}", "--extra-packages",
+                     "xcpimg-evil", "8.3:testing", "IMG"], 1, ("package xcpimg-evil-1.0-1.x86_64.rpm is not signed",))
+
+    def gpgkey_missing(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        return Case(["-o", "OUT", "-V", "X", "--srcurl", fx.srcurl("8.3"), "--gpgkey", t / "no-such-key",
+                     "8.3:testing", "IMG"], 2, ("cannot read gpgkey", "no-such-key"))
+
+    def gpgkey_unreachable(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        return Case(["-o", "OUT", "-V", "X", "--srcurl", fx.srcurl("8.3"), "--gpgkey",
+                     "http://127.0.0.1:9/RPM-GPG-KEY", "8.3:testing", "IMG"], 2,
+                    ("cannot read gpgkey http://127.0.0.1:9/RPM-GPG-KEY",))
+
+    def names_option(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        absent = () if Path("/x").exists() else (Path("/x"),)
+        return Case(["-o", "OUT", "-V", "X", *std(fx), "--extra-packages", "--destdir=/x bash", "8.3:testing",
+                     "IMG"], 2, ("invalid --extra-packages name '--destdir=/x'",), absent=absent)
+
+    def link_leak(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        grub = crafted_grub(t, fx, {"zz-leak": "/etc/shadow"})
+        return boot_rpm_case(t, fx, {"grub-efi": grub}, "symlink zz-leak -> /etc/shadow is absolute",
+                             "grub-efi-", extra=("--efi-installer", "mkimage"))
+
+    def link_etc(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        grub = crafted_grub(t, fx, {"zz-etc": "/etc"})
+        return boot_rpm_case(t, fx, {"grub-efi": grub}, "symlink zz-etc -> /etc is absolute",
+                             extra=("--efi-installer", "mkimage"))
+
+    def link_up(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        grub = crafted_grub(t, fx, {"zz-up": "../../../../../../../../etc"})
+        return boot_rpm_case(t, fx, {"grub-efi": grub}, "symlink zz-up -> ../../../../../../../../etc points "
+                             "outside its tree", extra=("--efi-installer", "mkimage"))
+
+    def layer_link(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        (t / "evil-layer" / "iso").mkdir(parents=True)
+        (t / "evil-layer" / "iso" / "shadow").symlink_to("/etc/shadow")
+        return Case(["-o", "OUT", "-V", "X", *std(fx), f"8.3:testing:{t / 'evil-layer'}", "IMG"], 1,
+                    (f"{t / 'evil-layer' / 'iso'}: symlink shadow -> /etc/shadow is absolute",))
+
+    def layer_link_up(t: Path, fx: FixtureRepo, _r: pytest.FixtureRequest) -> Case:
+        (t / "evil-layer" / "iso" / "EFI").mkdir(parents=True)
+        (t / "evil-layer" / "iso" / "EFI" / "passwd").symlink_to("../../iso/../../../../../etc/passwd")
+        return Case(["-o", "OUT", "-V", "X", *std(fx), f"8.3:testing:{t / 'evil-layer'}", "IMG"], 1,
+                    ("symlink EFI/passwd -> ../../iso/../../../../../etc/passwd points outside its tree",))
+
     return {f.__name__.replace("_", "-"): f for f in (
         missing_img, img_is_dir, img_unreadable, existing, out_is_dir, no_volid, no_output, define_no_bang,
         srcurl_no_layer, srcurl_unknown_layer, sign_netinstall, sign_not_found, absent_package,
-        xen_without_debug, empty_repo, unreachable_file, unreachable_http, sign_fails, sign_nothing, sign_sha1)}
+        xen_without_debug, empty_repo, unreachable_file, unreachable_http, sign_fails, sign_nothing, sign_sha1,
+        efiboot_patch_fails,
+        sig_unsigned, sig_other_key, sig_tampered, sig_packages_dir, gpgkey_missing, gpgkey_unreachable,
+        names_option, link_leak, link_etc, link_up, layer_link, layer_link_up)}
 
 
 BAD_CASES = bad_cases()
@@ -801,7 +946,7 @@ def test_bad_input(case_name: str, tmp_path: Path, short_tmp: Path, fx: FixtureR
     args = [out if a == "OUT" else install_img if a == "IMG" else a for a in case.args]
     tmpdir = short_tmp / "t"
     tmpdir.mkdir()
-    proc = cli(args, cli_env(tmpdir), tmp_path)
+    proc = cli(args, cli_env(tmpdir), tmp_path, case.wrap)
     assert proc.returncode == case.code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("xcpimg iso: error:")]
     assert len(errors) == 1, proc.stderr
@@ -817,3 +962,37 @@ def test_bad_input(case_name: str, tmp_path: Path, short_tmp: Path, fx: FixtureR
     assert list(tmpdir.iterdir()) == []
     leftover = [p for p in short_tmp.iterdir() if p.name != "t" and stat.S_ISDIR(p.stat().st_mode)]
     assert leftover == []
+    for path in case.absent:
+        assert not path.exists(), path
+
+
+# ----------------------------------------------------------------------------------- accepted on purpose
+
+
+def test_nogpgcheck_accepts_unsigned_with_a_warning(tmp_path: Path, fx: FixtureRepo, install_img: Path) -> None:
+    bad = {"grub-efi": fixture_copy(tmp_path, fx, "grub-efi", "unsigned"),
+           "kernel": fixture_copy(tmp_path, fx, "kernel", "unsigned")}
+    out = tmp_path / "nogpg.iso"
+    proc = cli(["-o", out, "-V", "X", "--srcurl", repo_with(tmp_path, fx, bad), "--nogpgcheck", "--netinstall",
+                "8.3:base", install_img], cli_env(), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: package signatures are not checked (--nogpgcheck)" in proc.stderr
+    assert Iso(out).read("/boot/vmlinuz") == rpm_file(RpmPackage(bad["kernel"]), "/boot/vmlinuz-*")
+
+
+def test_mkimage_links_inside_the_module_tree_stay_links(tmp_path: Path, fx: FixtureRepo,
+                                                         install_img: Path) -> None:
+    """zz-loop -> . used to crash the copy (ELOOP); links that stay inside are kept as links."""
+    grub = crafted_grub(tmp_path, fx, {"zz-loop": ".", "zz-normal": "normal.mod"})
+    out = tmp_path / "loop.iso"
+    proc = cli(["-o", out, "-V", "X", "--srcurl", repo_with(tmp_path, fx, {"grub-efi": grub}), "--gpgkey",
+                fx.gpgkey_url, "--netinstall", "--efi-installer", "mkimage", "8.3:base", install_img],
+               cli_env(), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listing = output(["xorriso", "-indev", out, "-lsl", "/boot/grub/x86_64-efi/zz-loop",
+                      "/boot/grub/x86_64-efi/zz-normal"])
+    assert re.search(r"(?m)^l.*'/boot/grub/x86_64-efi/zz-loop' -> '\.'$", listing), listing
+    assert re.search(r"(?m)^l.*'/boot/grub/x86_64-efi/zz-normal' -> 'normal.mod'$", listing), listing
+    iso = Iso(out)
+    assert not any("zz-loop/" in f for f in iso.files)
+    assert "/boot/grub/x86_64-efi/normal.mod" in iso.files

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pycdlib
 import pytest
+from hostkit import need_file, need_tool
 
 from xcpimg.errors import BuildError, UsageError
 from xcpimg.iso import efiboot, hybrid, master
@@ -35,8 +36,14 @@ LONG_NAME = "x" * 96 + ".rpm"  # 100 characters
 TOO_LONG = "y" * 116 + ".rpm"  # 120 characters: Joliet keeps 103
 ISOLINUX_CFG = "SERIAL 0 115200\nPROMPT 1\nTIMEOUT 0\n"
 
-pytestmark = pytest.mark.skipif(not (ISOLINUX.exists() and ISOHDPFX.exists() and LDLINUX.exists()),
-                                reason="isolinux / syslinux-common not installed")
+
+
+@pytest.fixture(autouse=True)
+def syslinux_files() -> None:
+    """The host's isolinux (isolinux) and ldlinux.c32 (syslinux-common, which isolinux only recommends)."""
+    need_file(ISOLINUX, "isolinux")
+    need_file(ISOHDPFX, "isolinux")
+    need_file(LDLINUX, "syslinux-common")
 
 
 def seeded_bytes(seed: int, size: int) -> bytes:
@@ -554,8 +561,8 @@ def boot_usb(image: Path, workdir: Path, timeout: float = 60) -> str:
 
 
 @pytest.mark.boot
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed")
 def test_hybrid_boots_from_usb_under_seabios(built: tuple[Path, Path], tmp_path: Path) -> None:
+    need_tool("qemu-system-x86_64")
     tree, iso = built
     (tmp_path / "hybrid").mkdir()
     assert boot_usb(iso, tmp_path / "hybrid") == "prompt"

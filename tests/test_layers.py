@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,29 @@ def test_overlay_replaces_single_template_file(tmp_path: Path) -> None:
     tree = resolve(f"{overlay}:8.3").merged_tree("iso")
     assert tree["EFI/xenserver/grub.cfg"] == overlay / "iso/EFI/xenserver/grub.cfg"
     assert tree["boot/isolinux/isolinux.cfg"] == configs_dir() / "8.3/iso/boot/isolinux/isolinux.cfg"
+
+
+def test_template_tree_links_carry_their_layer_and_never_escape(tmp_path: Path) -> None:
+    """merged_entries names the tree each file comes from, so its links are judged inside that tree."""
+    from xcpimg.errors import BuildError
+    from xcpimg.fsutil import copy_node
+    overlay = _layer(tmp_path, "mine", files={"iso/EFI/xenserver/grub.cfg": "mine"})
+    (overlay / "iso/EFI/grub.cfg").symlink_to("xenserver/grub.cfg")
+    (overlay / "iso/passwd").symlink_to("../../../../../../etc/passwd")
+    entries = resolve(f"{overlay}:8.3").merged_entries("iso")
+    assert entries["EFI/grub.cfg"] == (overlay / "iso", overlay / "iso/EFI/grub.cfg")
+    assert entries["boot/isolinux/isolinux.cfg"][0] == configs_dir() / "8.3/iso"
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    top, src = entries["EFI/grub.cfg"]
+    copy_node(src, dest / "grub.cfg", top)
+    assert os.readlink(dest / "grub.cfg") == "xenserver/grub.cfg"
+    with pytest.raises(BuildError, match="symlink passwd -> .*points outside its tree"):
+        copy_node(entries["passwd"][1], dest / "passwd", entries["passwd"][0])
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "iso").symlink_to("/etc")
+    with pytest.raises(ConfigError, match="iso is a symlink"):
+        resolve(f"{tmp_path / 'linked'}:8.3").merged_entries("iso")
 
 
 def test_layer_included_twice_is_searched_once(tmp_path: Path) -> None:

@@ -12,12 +12,14 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hostkit import without_dac_override
 
 from xcpimg import cli, mirror
 from xcpimg.errors import UsageError, XcpimgError
@@ -126,7 +128,7 @@ def server(upstream: Path):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mirror, "BACKOFF", 0.01)
+    monkeypatch.setattr(mirror.transfer, "BACKOFF", 0.01)
 
 
 def url_of(server: TreeServer) -> str:
@@ -291,7 +293,7 @@ def test_dry_run_changes_nothing(server: TreeServer, upstream: Path, tmp_path: P
 
 def test_version_form(monkeypatch: pytest.MonkeyPatch, server: TreeServer, upstream: Path,
                       tmp_path: Path) -> None:
-    monkeypatch.setattr(mirror, "UPDATES_URL", server.url.rstrip("/"))
+    monkeypatch.setattr(mirror.listing, "UPDATES_URL", server.url.rstrip("/"))
     assert cli.main(["mirror", "8.3", str(tmp_path / "m")]) == 0
     assert files_of(tmp_path / "m" / "8.3") == expected_of(upstream)
 
@@ -341,7 +343,7 @@ def test_corrupt_package_is_never_kept(server: TreeServer, upstream: Path, tmp_p
     dest = tmp_path / "mirror"
     with pytest.raises(mirror.MirrorError, match="baz-1.0-1.noarch.rpm: sha256 checksum mismatch"):
         mirror.mirror(url_of(server), dest)
-    assert server.gets().count(PKG) == mirror.RETRIES
+    assert server.gets().count(PKG) == mirror.transfer.RETRIES
     assert not (dest / PKG.removeprefix("/8/8.3/")).exists()
     # the repo's repodata is not put in place while one of its packages is missing
     assert not (dest / "base" / "x86_64" / "repodata").exists()
@@ -366,6 +368,45 @@ def test_locally_corrupted_package_is_refetched(server: TreeServer, upstream: Pa
     mirror.mirror(url_of(server), dest)
     assert files_of(dest) == expected_of(upstream)
     assert server.gets(".rpm") == [PKG]
+
+
+def test_same_size_corruption_with_kept_mtime_needs_verify(server: TreeServer, upstream: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "mirror"
+    mirror.mirror(url_of(server), dest)
+    local = dest / PKG.removeprefix("/8/8.3/")
+    good = local.read_bytes()
+    st = local.stat()
+    data = bytearray(good)
+    data[-100] ^= 0xFF  # same size, different bytes, the mtime put back
+    local.write_bytes(bytes(data))
+    os.utime(local, ns=(st.st_atime_ns, st.st_mtime_ns))
+    mirror.mirror(url_of(server), dest)
+    assert local.read_bytes() != good  # without --verify the live repodata vouches for it
+    server.clear()
+    assert cli.main(["mirror", url_of(server), str(dest), "--verify", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"corrupt {PKG.removeprefix('/8/8.3/')}" in out and f"fetch {PKG.removeprefix('/8/8.3/')}" in out
+    assert local.read_bytes() != good and server.gets(".rpm") == []  # reported, not touched
+    stats = mirror.mirror(url_of(server), dest, verify=True)
+    in_repos = [p for p in expected_of(upstream) if "/x86_64/" in p]  # every one hashed, one found bad
+    assert stats.corrupt == [PKG.removeprefix("/8/8.3/")] and stats.verified == len(in_repos) - 1
+    assert server.gets(".rpm") == [PKG]
+    assert files_of(dest) == expected_of(upstream)
+
+
+def test_published_tree_is_world_readable(server: TreeServer, upstream: Path, tmp_path: Path) -> None:
+    """Under umask 077 too: repodata (staged in a 0700 mkdtemp) is 0755, files 0644."""
+    dest = tmp_path / "mirror"
+    old = os.umask(0o077)
+    try:
+        mirror.mirror(url_of(server), dest)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(dest)): stat.S_IMODE(p.stat().st_mode) for p in dest.rglob("*")}
+    assert modes["base/x86_64/repodata"] == 0o755
+    bad = {p: oct(m) for p, m in modes.items() if m != (0o755 if (dest / p).is_dir() else 0o644)}
+    assert bad == {}
 
 
 def test_hostile_listing_writes_nothing_outside(server: TreeServer, upstream: Path, tmp_path: Path) -> None:
@@ -502,11 +543,14 @@ def test_unwritable_destination(server: TreeServer, tmp_path: Path,
     assert cli.main(["mirror", url_of(server), str(blocker / "m")]) == 1
     assert "is not a directory" in _one_error_line(capsys)
     assert server.requests == []  # refused before any network traffic
-    if os.geteuid() != 0:
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o555)
-        assert cli.main(["mirror", url_of(server), str(ro / "m")]) == 1
-        assert "is not writable" in _one_error_line(capsys)
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    # root writes anywhere: the CLI runs without the capabilities that bypass file modes
+    proc = subprocess.run(without_dac_override([sys.executable, "-m", "xcpimg.cli", "mirror", url_of(server),
+                                                str(ro / "m")]), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "is not writable" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert server.requests == [] and not (ro / "m").exists()
 
 
 def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -550,7 +594,7 @@ def test_concurrent_run_is_refused(server: TreeServer, tmp_path: Path) -> None:
 # the project's fixture repository
 
 def test_fixture_repository(tmp_path: Path) -> None:
-    fixture_repo = pytest.importorskip("xcpimg.fixture_repo")
+    from xcpimg import fixture_repo
     repo = fixture_repo.ensure_fixture_repo()
     root = Path(repo.root)
     versions = sorted(p.name for p in (root / "8").iterdir() if p.is_dir())

@@ -63,6 +63,38 @@ def test_file_sha256(tmp_path: Path) -> None:
     assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
+INNER = """
+def test_source(repo_source):
+    cfg = repo_source.repo_config("8.3")
+    print("SOURCE", repo_source.gpgkey, repo_source.gpgcheck, cfg.gpgkey, cfg.gpgcheck)
+"""
+
+
+@pytest.mark.parametrize("args, env, want", [
+    ([], {}, "SOURCE None True None True"),
+    (["--repo-gpgkey", "/k/KEY"], {}, "SOURCE file:///k/KEY True file:///k/KEY True"),
+    ([], {"XCPTEST_GPGKEY": "https://h/KEY"}, "SOURCE https://h/KEY True https://h/KEY True"),
+    (["--repo-nogpgcheck"], {}, "SOURCE None False None False"),
+    ([], {"XCPTEST_NOGPGCHECK": "1"}, "SOURCE None False None False"),
+    ([], {"XCPTEST_NOGPGCHECK": "0"}, "SOURCE None True None True"),
+])
+def test_repo_gpgkey_and_nogpgcheck_options(tmp_path: Path, args: list[str], env: dict[str, str],
+                                            want: str) -> None:
+    """A real repository's packages are checked with --repo-gpgkey (or the layers' key), or not at all."""
+    import os
+    import subprocess
+    import sys
+    _repomd(tmp_path / "mirror/8/8.3")
+    (tmp_path / "test_inner.py").write_text(INNER)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("XCPTEST_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider",
+                           f"--basetemp={tmp_path / 'bt'}", "--repo-root", (tmp_path / "mirror").as_uri(), *args,
+                           str(tmp_path / "test_inner.py")], cwd=tmp_path, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert want in proc.stdout.splitlines(), proc.stdout
+
+
 def test_expected_cmdline_words() -> None:
     assert expected_cmdline_words(MatrixConfig("8.3:testing")) == ["no-repo-gpgcheck"]
     assert expected_cmdline_words(MatrixConfig("8.3:testing", True)) == ["netinstall"]
@@ -119,7 +151,7 @@ def test_matrix_runs_against_a_mirror_repo_layout(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(Path(__file__).parent / "test_matrix.py"), "-m", "not expensive",
          "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path / 'inner'}", "--repo-root", flat.as_uri(),
-         "--xcp-config", "8.3:base", "--boot-modes", "bios-cd"],
+         "--repo-gpgkey", str(fixture.gpgkey_path), "--xcp-config", "8.3:base", "--boot-modes", "bios-cd"],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout

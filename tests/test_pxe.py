@@ -15,7 +15,9 @@ import pytest
 
 from xcpimg import cli
 from xcpimg.errors import BuildError, UsageError
-from xcpimg.pxe import IsoReader, PxeOptions, make_pxe_tree, publish_tree
+from xcpimg.fsutil import publish_tree
+from xcpimg.media.reader import IsoReader
+from xcpimg.pxe import PxeOptions, make_pxe_tree
 from xcpimg.pytest_plugin import MatrixConfig, RepoSource, build_matrix_iso
 from xcpimg.run import run
 
@@ -23,7 +25,7 @@ BIOS_FILES = {"pxelinux.0", "ldlinux.c32", "libcom32.c32", "libutil.c32", "mboot
               "pxelinux.cfg/default"}
 UEFI_FILES = {"EFI/xenserver/grubx64.efi", "EFI/xenserver/grub.cfg"}
 BOOT_FILES = {"xen.gz", "vmlinuz", "alt/vmlinuz", "install.img", "memtest.bin", "memtest.efi",
-              "isolinux/pg_main", "isolinux/pg_help"}
+              "isolinux/pg_main", "isolinux/pg_help", "isolinux/splash.lss"}
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +122,7 @@ def test_pxe_tree_of_fixture_iso(fixture_isos: dict[str, Path], flavour: str, tm
     tree = make_pxe_tree(PxeOptions(iso, tmp_path / "tree"))
     expected = BIOS_FILES | UEFI_FILES | {f"xcp-ng/{f}" for f in BOOT_FILES}
     with IsoReader(iso) as reader:
-        has_treeinfo = reader.is_file("/.treeinfo")
+        has_treeinfo = reader.exists("/.treeinfo")
         assert (tree / "xcp-ng/install.img").read_bytes() == reader.read("/install.img")
         assert (tree / "pxelinux.0").read_bytes() == reader.read("/boot/pxelinux/pxelinux.0")
     assert has_treeinfo == (flavour == "full")
@@ -130,6 +132,7 @@ def test_pxe_tree_of_fixture_iso(fixture_isos: dict[str, Path], flavour: str, tm
     word = "no-repo-gpgcheck" if flavour == "full" else "netinstall"
     assert f"--- xcp-ng/vmlinuz {word} console=hvc0 console=tty0 --- xcp-ng/install.img" in default
     assert "DISPLAY xcp-ng/isolinux/pg_main" in default and "LINUX xcp-ng/memtest.bin" in default
+    assert b"\x18xcp-ng/isolinux/splash.lss" in (tree / "xcp-ng/isolinux/pg_main").read_bytes()  # the menu's image
     assert {oct(p.stat().st_mode & 0o777) for p in tree.rglob("*")} <= {"0o644", "0o755"}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
@@ -178,7 +181,7 @@ def test_pxe_tree_from_xorriso_iso(fixture_isos: dict[str, Path], names: list[st
     iso = tmp_path / "remastered.iso"
     run(["xorriso", "-as", "mkisofs", "-quiet", *names, "-V", "REMASTER", "-o", iso, extracted])
     with IsoReader(iso) as reader:
-        assert reader.is_file("/boot/isolinux/isolinux.cfg") and reader.is_file("/EFI/xenserver/grubx64.efi")
+        assert reader.exists("/boot/isolinux/isolinux.cfg") and reader.exists("/EFI/xenserver/grubx64.efi")
     ours = make_pxe_tree(PxeOptions(original, tmp_path / "ours"))
     theirs = make_pxe_tree(PxeOptions(iso, tmp_path / "theirs"))
     assert _files(ours) == _files(theirs)
@@ -237,7 +240,7 @@ def test_links_on_the_iso_are_not_followed(tmp_path: Path) -> None:
                      links={"vmlinuz": "/etc/shadow"})
     with pytest.raises(BuildError, match="/vmlinuz is a symbolic link"):
         make_pxe_tree(PxeOptions(iso, tmp_path / "tree"))
-    assert not (tmp_path / "tree").exists() and not list(tmp_path.glob(".tree.*"))
+    assert not (tmp_path / "tree").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["small.iso", "src"]
 
 
 # -- publishing and options ------------------------------------------------------------------
@@ -283,8 +286,8 @@ def test_bad_options(tmp_path: Path, kwargs: dict[str, str], message: str) -> No
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.iso").write_bytes(b"\0" * 65536)
     assert cli.main(["pxe-tree", str(tmp_path / "none.iso"), str(tmp_path / "t")]) == 2
-    assert cli.main(["pxe-tree", str(tmp_path / "bad.iso"), str(tmp_path / "t")]) == 1
+    assert cli.main(["pxe-tree", str(tmp_path / "bad.iso"), str(tmp_path / "t")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(ln.startswith("xcpimg pxe-tree: error: ") for ln in lines), lines
-    assert "not a readable ISO 9660 image" in lines[1]
+    assert "is not an ISO image" in lines[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.iso"]

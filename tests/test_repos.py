@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from hostkit import need_root
 from rpmkit import build_rpm, make_repo
 
 from xcpimg.dnf import Dnf
@@ -45,13 +45,19 @@ def test_repo_files_for_testing_chain(tmp_path: Path) -> None:
     assert "gpgcheck=1" in base
     assert "baseurl=http://other/t/testing/x86_64/" in (tmp_path / "testing.repo").read_text()
     custom = (tmp_path / "custom-extra.repo").read_text()
-    assert "[extra]" in custom and "baseurl=http://e/r/x86_64/" in custom and "gpgcheck=0" in custom
+    assert "[extra]" in custom and "baseurl=http://e/r/x86_64/" in custom
+    # custom repositories are checked with the same keys as the layers' (--nogpgcheck for unsigned ones)
+    assert "gpgcheck=1" in custom and f"gpgkey={(configs_dir() / 'base/RPM-GPG-KEY-xcpng').as_uri()}" in custom
 
 
 def test_gpgkey_override_and_nogpgcheck(tmp_path: Path) -> None:
     write_repo_files(resolve("8.3"), RepoConfig(srcurl="http://m", gpgkey="file:///k", gpgcheck=False), tmp_path)
     text = (tmp_path / "base.repo").read_text()
     assert "gpgkey=file:///k" in text and "gpgcheck=0" in text
+    write_repo_files(resolve("8.3"), RepoConfig(srcurl="http://m", gpgkey="file:///k", custom=(("c", "http://c"),)),
+                     tmp_path)
+    custom = (tmp_path / "custom-c.repo").read_text()
+    assert "gpgkey=file:///k" in custom and "gpgcheck=1" in custom
 
 
 def test_srcurl_layer_must_be_in_chain(tmp_path: Path) -> None:
@@ -110,8 +116,8 @@ def test_dnf_unreachable_repo_names_its_url(tmp_path: Path) -> None:
         dnf.download(["app"], tmp_path / "d")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dnf --installroot needs root")
 def test_dnf_install_into_root(tiny_repo: Path, tmp_path: Path) -> None:
+    need_root("dnf --installroot")
     dnf = Dnf(resolve("8.3"), RepoConfig(srcurl=tiny_repo.as_uri(), gpgcheck=False), tmp_path / "w")
     root = tmp_path / "root"
     host_before = _host_dnf_state()

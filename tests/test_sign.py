@@ -232,11 +232,30 @@ def test_check_accepts_binary_signature(iso: Path, keys: Path) -> None:
     assert S.check_repo_signature(iso).hash_names == ["SHA384"]
 
 
-@pytest.mark.parametrize("digest", ["SHA1", "MD5", "RIPEMD160"])
+@pytest.mark.parametrize("digest", ["SHA1", "MD5", "RIPEMD160", "SHA224"])
 def test_check_refuses_weak_digest(iso: Path, keys: Path, digest: str) -> None:
     sign_with(keys, "signer@example.com", iso, digest=digest)
     with pytest.raises(BuildError, match=f"uses digest {digest} .*SHA256 or stronger"):
         S.check_repo_signature(iso)
+
+
+@pytest.mark.parametrize("digest, hash_id", [("SHA256", 8), ("SHA384", 9), ("SHA512", 10)])
+def test_check_accepts_sha2_256_and_up(iso: Path, keys: Path, digest: str, hash_id: int) -> None:
+    sign_with(keys, "signer@example.com", iso, digest=digest)
+    info = S.check_repo_signature(iso)
+    assert info.hash_ids == [hash_id] and info.hash_names == [digest]
+
+
+def test_digest_judged_from_gpg_not_from_the_parse(iso: Path, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parser that claims SHA256 changes nothing: gpg's VALIDSIG says SHA224 (id 11), refused."""
+    sign_with(keys, "signer@example.com", iso, digest="SHA224")
+    real = S.signature_info
+    monkeypatch.setattr(S, "signature_info", lambda asc: S.SignatureInfo([8], real(asc).key_ids))
+    with pytest.raises(BuildError, match=r"uses digest SHA224 \(id 11\)"):
+        S.check_repo_signature(iso)
+    sign_with(keys, "signer@example.com", iso, digest="SHA512")
+    monkeypatch.setattr(S, "signature_info", lambda asc: S.SignatureInfo([2], real(asc).key_ids))
+    assert S.check_repo_signature(iso).hash_ids == [10]
 
 
 def test_check_refuses_missing_signature(iso: Path) -> None:
@@ -317,12 +336,13 @@ def test_parse_v3_and_new_format_lengths() -> None:
     assert S.parse_signature(v6)[:2] == (0x00, 10)
 
 
-def test_crafted_md5_v3_signature_refused(iso: Path) -> None:
+def test_crafted_md5_v3_signature_refused(iso: Path, keys: Path) -> None:
+    (iso / "RPM-GPG-KEY-test").write_text(gpg(keys, "--armor", "--export", "signer@example.com"))
     v3 = bytes([3, 5, 0x00, 0, 0, 0, 1]) + bytes(8) + bytes([1, 1]) + b"\0\0"
     body = base64.b64encode(bytes([0x88, len(v3)]) + v3).decode()
     (iso / "repodata/repomd.xml.asc").write_text(
         f"-----BEGIN PGP SIGNATURE-----\nVersion: crafted\n\n{body}\n-----END PGP SIGNATURE-----\n")
-    with pytest.raises(BuildError, match=r"uses digest MD5 \(id 1\)"):
+    with pytest.raises(BuildError, match=r"repomd.xml.asc (does not verify|uses digest MD5 \(id 1\))"):
         S.check_repo_signature(iso)
     v4_key_sig = bytes([4, 0x13, 1, 8, 0, 0, 0, 0, 0, 0])       # a certification, not a document signature
     body = base64.b64encode(bytes([0xC2, len(v4_key_sig)]) + v4_key_sig).decode()

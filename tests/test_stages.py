@@ -295,3 +295,14 @@ def test_installer_stage_needs_the_welcome_line() -> None:
            "[   12.0] systemd[1]: Starting installer.service...\r\nWelcome to GRUB!\r\n")
     assert w.has_reached("init") and not w.has_reached("installer")
     assert w.deepest() == "init"
+
+
+def test_installer_screen_cut_by_a_chunk_is_read_whole() -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed("\x1b[2J\x1b[1;1HWelcome to XCP-ng - Version 8")
+    assert not w.has_reached("installer")  # "8" may be the start of "8.3"
+    w.feed(".3 (Kernel 4.19.0+1)\x1b[K")
+    assert w.has_reached("installer") and w.installer == ("XCP-ng", "8.3", "4.19.0+1")
+    w2 = ConsoleWatcher(clock=Clock())
+    w2.feed("Welcome to XCP-ng - Version 8.2.1\r\n")  # a screen without the kernel part, line complete
+    assert w2.installer == ("XCP-ng", "8.2.1", "")

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .errors import XcpimgError
+from .errors import XcpimgError, describe_os_error
+from .fsutil import sweep_leftovers
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fixture-repo": ("xcpimg.fixture_repo", "build the embedded fixture repository"),
     "sample-sign": ("xcpimg.sign", "sample sign script: sign an ISO tree's repodata with gpg"),
     "demo": ("xcpimg.demo", "build the fixture repository, an ISO from it, and boot it"),
+    "inspect": ("xcpimg.media.inspect", "report what an installation ISO holds"),
+    "diff": ("xcpimg.media.diff", "compare two installation ISOs (exit 0 equal, 1 different)"),
+    "remaster": ("xcpimg.media.remaster", "rebuild an ISO with changes, keeping its boot layout"),
+    "release": ("xcpimg.media.release", "build a release's install.img and ISOs, with SHA256SUMS and manifest"),
 }
 
 log = logging.getLogger("xcpimg")
@@ -95,12 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(debug)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
+        sweep_leftovers()  # what killed runs left (their owner is gone)
         return int(handlers[args.cmd](args) or 0)  # type: ignore[operator]
     except XcpimgError as exc:
         if debug:
             log.exception("xcpimg %s failed", args.cmd)
         print(f"xcpimg {args.cmd}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a fault of the system (disk full, /proc, permissions): one line naming the path
+        if debug:
+            log.exception("xcpimg %s failed", args.cmd)
+        print(f"xcpimg {args.cmd}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"xcpimg {args.cmd}: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,10 @@
 
 The main job in one command: it shows every piece working end to end on a
 machine with no XCP-ng mirror: fixture repository -> install image -> hybrid
-ISO -> QEMU boots (firmware -> bootloader -> Xen -> dom0 Linux -> installer init).
+ISO -> QEMU boots (firmware -> bootloader -> Xen -> dom0 Linux -> init -> the
+installer's first screen). As root it builds a real install.img (systemd, the fixture
+installer) and boots to the installer; otherwise it uses the probe initrd and boots
+to its init.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", default="8.3:testing", help="layer spec to build (default 8.3:testing)")
     parser.add_argument("--modes", default=",".join(DISK_BOOT_MODES),
                         help=f"boot modes (default {','.join(DISK_BOOT_MODES)}; also bios-pxe, uefi-pxe)")
-    parser.add_argument("--installimg", choices=("probe", "build"), default="probe",
-                        help="install.img to put on the ISO: the probe initrd (fast), or a real build (root)")
+    parser.add_argument("--installimg", choices=("auto", "probe", "build"), default="auto",
+                        help="install.img to put on the ISO: a real build (root; boots to the installer), "
+                             "the probe initrd (boots to its init); default: build when root")
     parser.add_argument("--netinstall", action="store_true", help="build netinstall media")
 
 
@@ -53,7 +57,9 @@ def command(args: argparse.Namespace) -> int:
 
     t = time.monotonic()
     img = outdir / "install.img"
-    if args.installimg == "build":
+    build = args.installimg == "build" or (args.installimg == "auto" and os.geteuid() == 0)
+    until = "installer" if build else "init"
+    if build:
         if os.geteuid() != 0:
             raise UsageError("--installimg build needs root")
         from .installimg import build_installimg
@@ -80,7 +86,7 @@ def command(args: argparse.Namespace) -> int:
     for mode in modes:
         bm = boot_mode(mode)
         try:
-            result = boot(iso, firmware=bm.firmware, media=bm.media, until="init", logdir=outdir / f"boot-{mode}",
+            result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=outdir / f"boot-{mode}",
                           no_eltorito=bm.no_eltorito)
         except BootError as exc:
             failed += 1
@@ -88,6 +94,9 @@ def command(args: argparse.Namespace) -> int:
             continue
         stages = "  ".join(f"{s} {sec:.1f}s" for s, sec in result.reached.items())
         print(f"  {mode:9} ok [{result.accel}]  {stages}", flush=True)
-        print(f"  {'':9} init saw /proc/cmdline: {result.cmdline}", flush=True)
-    print(f"{len(modes) - failed}/{len(modes)} boot modes reached the installer's init", flush=True)
+        print(f"  {'':9} kernel command line: {result.cmdline}", flush=True)
+        if result.installer:
+            print(f"  {'':9} installer: Welcome to {result.installer[0]} - Version {result.installer[1]}", flush=True)
+    target = "the installer's first screen" if build else "the installer's init (probe initrd)"
+    print(f"{len(modes) - failed}/{len(modes)} boot modes reached {target}", flush=True)
     return 1 if failed else 0

@@ -4,6 +4,11 @@ dnf runs with configuration rendered from the layers (``yumdl.conf.tmpl`` for
 downloads, ``yum.conf.tmpl`` for installs), its own repos dir, cache, log and
 persist dirs, and an empty plugin-config and vars dir: nothing of the host's
 dnf/yum state is read or written.
+
+Package names are validated (`check_package_names`) and always passed after
+``--``, so no name becomes an option. ``dnf download`` does not check
+signatures: every downloaded RPM goes through the private keyring of
+xcpimg.verify before the caller sees it (unless ``--nogpgcheck``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import BuildError, ToolError
+from .errors import BuildError, ToolError, UsageError
 from .layers import Layers
 from .render import render_file
 from .repos import RepoConfig, write_repo_files
 from .run import run
+from .verify import Keyring, key_urls
 
 log = logging.getLogger("xcpimg.dnf")
 
@@ -27,7 +33,20 @@ RPMDB_PATH = "/var/lib/rpm"
 #: dnf state inside an installroot: given in the config file, dnf prefixes them with the installroot
 IN_ROOT_DIRS = {"cachedir": "/var/cache/dnf", "logdir": "/var/log", "persistdir": "/var/lib/dnf"}
 
+#: a package name, ``name.arch``, ``name-version``, a provide like ``perl(Foo::Bar)`` or a file path
+_NAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^:-]*(\([A-Za-z0-9._+:/-]*\))?|/[A-Za-z0-9._+/-]+")
+
 _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
+
+
+def check_package_names(names: Iterable[str], where: str = "package name") -> list[str]:
+    """*names* as a list; UsageError for one that could be taken as an option or holds odd characters."""
+    names = list(names)
+    for name in names:
+        if not _NAME_RE.fullmatch(name):
+            raise UsageError(f"invalid {where} {name!r}: a package name starts with a letter, digit, '_' "
+                             f"or '+' and holds no whitespace or shell characters")
+    return names
 
 
 class Dnf:
@@ -53,6 +72,11 @@ class Dnf:
         self.repo_ids = write_repo_files(layers, cfg, self.dirs["repos.d"])
         if not self.repo_ids:
             raise BuildError(f"layers {':'.join(layers.names)} define no repository")
+        self.keyring: Keyring | None = None
+        if cfg.gpgcheck:
+            self.keyring = Keyring(self.gpgkeys(), workdir / "keyring")
+        else:
+            log.warning("warning: package signatures are not checked (--nogpgcheck)")
 
     def _config(self, template: str, state_in_root: bool = False) -> Path:
         conf = self.workdir / template.removesuffix(".tmpl")
@@ -119,15 +143,26 @@ class Dnf:
                     urls.setdefault(current, m.group(1))
         return urls
 
+    def gpgkeys(self) -> list[str]:
+        """Key URLs named by the rendered .repo files (``--gpgkey`` replaces them all)."""
+        return [url for repo_file in sorted(self.dirs["repos.d"].glob("*.repo"))
+                for url in key_urls(repo_file.read_text())]
+
     def download(self, names: Iterable[str], dest: Path, resolve: bool = False) -> list[Path]:
-        """Download *names* (and with *resolve* their dependency closure) into *dest*."""
-        names = list(names)
+        """Download *names* (and with *resolve* their dependency closure) into *dest*.
+
+        Every RPM in *dest* is then checked against the repositories' keys (BuildError
+        naming the first bad one) unless signatures are off.
+        """
+        names = check_package_names(names)
         dest.mkdir(parents=True, exist_ok=True)
         before = set(dest.glob("*.rpm"))
         argv = [*self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), "download", f"--destdir={dest}"]
         if resolve:
             argv.append("--resolve")
-        self._run([*argv, *names], f"download {' '.join(names)}")
+        self._run([*argv, "--", *names], f"download {' '.join(names)}")
+        if self.keyring is not None:
+            self.keyring.check(sorted(dest.glob("*.rpm")))
         got = sorted(set(dest.glob("*.rpm")) - before)
         log.info("downloaded %d package(s) into %s", len(got), dest)
         return got
@@ -139,7 +174,7 @@ class Dnf:
         places (``/var/cache/dnf``, ``/var/log``, ``/var/lib/dnf``): a caller that packs the
         root removes them.
         """
-        names = list(names)
+        names = check_package_names(names)
         argv = [*self._argv("yum.conf.tmpl", root, state_in_root=True), "install",
                 "--setopt=install_weak_deps=False"]
-        self._run([*argv, *names], f"install {len(names)} package(s) into {root}")
+        self._run([*argv, "--", *names], f"install {len(names)} package(s) into {root}")

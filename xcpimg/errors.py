@@ -36,3 +36,23 @@ class BuildError(XcpimgError):
 
 class BootError(XcpimgError):
     """A VM did not reach the requested boot stage."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: what went wrong and on which path (temporary names shown as their target)."""
+    import re
+    import shutil
+
+    from .fsutil import shown_path
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first = exc.args[0][0]
+        if isinstance(first, tuple) and len(first) == 3:
+            src, dst, why = first
+            reason = re.match(r"(?:\[Errno \d+\] )?([^:]*)", str(why)).group(1)  # type: ignore[union-attr]
+            return f"{reason}: {shown_path(dst)} (copying {src})"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {shown_path(exc.filename)}"
+        if exc.filename2 is not None:
+            text += f" -> {shown_path(exc.filename2)}"
+    return text

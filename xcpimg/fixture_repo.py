@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -36,9 +38,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from . import debs
-from .errors import BuildError, ConfigError, ToolError, UsageError
-from .fsutil import private_tempdir, remove_tree
+from . import debs, elf
+from .errors import BuildError, ConfigError, ToolError
+from .fsutil import atomic_tree, check_tree_output, private_tempdir, remove_tree
 from .layers import read_package_list
 from .run import build_epoch, output, run
 
@@ -96,7 +98,7 @@ class FileSpec:
     """One entry of a package: where it goes and where its bytes come from."""
 
     path: str
-    kind: str  # text, file, deb, tree, symlink, generate, dir
+    kind: str  # text, file, deb, tree, select, libs, symlink, generate, dir
     source: str = ""  # text, fixture file, deb alias, symlink target, generator name
     pattern: str = ""  # glob in the unpacked deb (deb, tree)
     include: tuple[str, ...] = ()
@@ -181,6 +183,13 @@ def _file_specs(entries: list[dict[str, Any]], variables: Mapping[str, str], whe
     specs: list[FileSpec] = []
     for entry in entries:
         mode = int(entry["mode"], 8) if "mode" in entry else None
+        if "select" in entry:
+            specs.append(FileSpec("/", "select", entry["deb"], include=tuple(entry["select"]),
+                                  exclude=tuple(entry.get("exclude", ()))))
+            continue
+        if entry.get("libs"):
+            specs.append(FileSpec("/", "libs", include=tuple(entry.get("also", ()))))
+            continue
         if "links_to" in entry:
             target = _subst(entry["links_to"], variables)
             for path in entry["paths"]:
@@ -281,7 +290,7 @@ def _check_paths(ver: str, by_repo: Mapping[str, list[Package]]) -> None:
         owner: dict[str, str] = {}
         for pkg in pkgs:
             for spec in pkg.files:
-                if spec.kind == "dir":
+                if spec.kind in ("dir", "select", "libs"):
                     continue
                 if owner.setdefault(spec.path, pkg.name) != pkg.name:
                     raise ConfigError(f"fixtures: {spec.path} is in both {owner[spec.path]} and {pkg.name} "
@@ -369,6 +378,7 @@ def _fixture_hash(fx: Fixtures, lists: Mapping[str, list[str]], deb_versions: Ma
         if path.is_file() and "__pycache__" not in path.parts:
             h.update(f"{path.relative_to(fx.dir)}\0".encode() + path.read_bytes() + b"\0")
     h.update(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "elf.py").read_bytes())
     h.update(json.dumps({"lists": lists, "debian": deb_versions, "epoch": build_epoch()},
                         sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -442,6 +452,148 @@ class _Payloads:
         return out
 
 
+def library_sources(fx: Fixtures) -> list[str]:
+    """The Debian aliases whose libraries the ``libs`` entries draw from, in repo.toml order."""
+    return [alias for alias, src in fx.repo.get("debian", {}).items() if src.get("libs")]
+
+
+def _selected(root: Path, spec: FileSpec) -> list[FileSpec]:
+    """The files and links of the unpacked deb *root* that *spec* (kind select) names."""
+    out: list[FileSpec] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if not any(fnmatch.fnmatchcase(rel, g) for g in spec.include):
+            continue
+        if any(fnmatch.fnmatchcase(rel, g) for g in spec.exclude):
+            continue
+        if path.is_symlink():
+            out.append(FileSpec("/" + rel, "symlink", os.readlink(path)))
+        else:
+            out.append(FileSpec("/" + rel, "debfile", spec.source, rel, mode=stat.S_IMODE(path.stat().st_mode)))
+    if not out:
+        raise ConfigError(f"fixtures: select {list(spec.include)} of Debian package {spec.source} matches nothing")
+    return out
+
+
+#: where the dynamic loader looks when an ELF file has no RUNPATH of its own (Debian multiarch)
+_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/lib", "/usr/lib")
+
+
+class _LibraryIndex:
+    """Paths of the library packages (alias, relative path), resolving links inside their trees."""
+
+    def __init__(self, payloads: _Payloads, aliases: list[str]) -> None:
+        self.roots = [(a, payloads.deb_root(a)) for a in aliases]
+
+    def find(self, path: str) -> tuple[str, str] | None:
+        """(alias, relative path) of the first library package holding *path* (file or link)."""
+        for alias, root in self.roots:
+            p = root / path.lstrip("/")
+            if p.is_symlink() or p.is_file():
+                return alias, path.lstrip("/")
+        return None
+
+    def chain(self, path: str) -> list[tuple[str, str]]:
+        """*path* and every link hop to the file it names, each as (alias, relative path)."""
+        out: list[tuple[str, str]] = []
+        for _ in range(16):
+            found = self.find(path)
+            if found is None:
+                raise BuildError(f"fixtures: shared library {path} is in none of the `libs` Debian packages "
+                                 "(add the package that has it to repo.toml's [debian] with libs = true)")
+            out.append(found)
+            alias, rel = found
+            p = dict(self.roots)[alias] / rel
+            if not p.is_symlink():
+                return out
+            target = os.readlink(p)
+            path = target if target.startswith("/") else os.path.normpath(os.path.join("/", os.path.dirname(rel),
+                                                                                       target))
+        raise BuildError(f"fixtures: too many links resolving {path}")
+
+    def locate(self, name: str, runpath: tuple[str, ...]) -> str | None:
+        for d in (*runpath, *_LIB_DIRS):
+            if self.find(f"{d}/{name}"):
+                return f"{d}/{name}"
+        return None
+
+
+def library_closure(elf_files: list[Path], index: _LibraryIndex, also: list[str]) -> list[tuple[str, str]]:
+    """(alias, relative path) of every library, link and loader the *elf_files* need, recursively."""
+    wanted: dict[tuple[str, str], None] = {}
+    todo = [(p, f"{p}") for p in elf_files]
+    for item in also:
+        alias, _, rel = item.partition(":")
+        for hop in index.chain(rel):
+            wanted[hop] = None
+    seen: set[str] = set()
+    located: dict[str, str] = {}  # library name -> path: the loader reuses a library loaded by name
+    todo.reverse()
+    while todo:
+        path, what = todo.pop(0)
+        dyn = elf.read_dynamic(path)
+        if dyn is None:
+            continue
+        names = list(dyn.needed)
+        paths = [dyn.interpreter] if dyn.interpreter else []
+        for name in names:
+            found = located.get(name) or index.locate(name, dyn.runpath)
+            if found is not None:
+                located[name] = found
+            if found is None:
+                raise BuildError(f"fixtures: {what} needs {name}, which none of the `libs` Debian packages has "
+                                 "(add the package that has it to repo.toml's [debian] with libs = true)")
+            paths.append(found)
+        for lib in paths:
+            for hop in index.chain(lib):
+                wanted[hop] = None
+            alias, rel = index.chain(lib)[-1]
+            real = dict(index.roots)[alias] / rel
+            if rel not in seen:
+                seen.add(rel)
+                todo.append((real, rel))
+    return sorted(wanted, key=lambda x: x[1])
+
+
+def expand(by_repo: Mapping[str, list[Package]], payloads: _Payloads, lib_aliases: list[str],
+           ver: str) -> dict[str, list[Package]]:
+    """*by_repo* with its ``select`` entries replaced by the files they name, then its ``libs``
+    entries by the shared-library closure of every ELF file of the version."""
+    selected: dict[str, list[Package]] = {}
+    for repo, pkgs in by_repo.items():
+        selected[repo] = []
+        for pkg in pkgs:
+            files: list[FileSpec] = []
+            for spec in pkg.files:
+                files += _selected(payloads.deb_root(spec.source), spec) if spec.kind == "select" else [spec]
+            selected[repo].append(replace(pkg, files=tuple(files)))
+    elf_files = [payloads.deb_root(s.source) / s.pattern for pkgs in selected.values() for p in pkgs
+                 for s in p.files if s.kind == "debfile"]
+    elf_files = [f for f in elf_files if elf.is_elf(f)]
+    out: dict[str, list[Package]] = {}
+    index: _LibraryIndex | None = None
+    for repo, pkgs in selected.items():
+        out[repo] = []
+        for pkg in pkgs:
+            files = []
+            for spec in pkg.files:
+                if spec.kind != "libs":
+                    files.append(spec)
+                    continue
+                index = index or _LibraryIndex(payloads, lib_aliases)
+                for alias, rel in library_closure(elf_files, index, list(spec.include)):
+                    p = payloads.deb_root(alias) / rel
+                    if p.is_symlink():
+                        files.append(FileSpec("/" + rel, "symlink", os.readlink(p)))
+                    else:
+                        files.append(FileSpec("/" + rel, "debfile", alias, rel, mode=stat.S_IMODE(p.stat().st_mode)))
+            out[repo].append(replace(pkg, files=tuple(files)))
+    _check_paths(ver, out)
+    return out
+
+
 def _one_match(root: Path, pattern: str, what: str) -> Path:
     found = sorted(root.glob(pattern))
     if len(found) != 1:
@@ -469,6 +621,8 @@ def stage(pkg: Package, dest: Path, fx: Fixtures, payloads: _Payloads) -> None:
             target.write_text(_subst(text, pkg.vars))
         elif spec.kind == "deb":
             shutil.copyfile(_one_match(payloads.deb_root(spec.source), spec.pattern, what), target)
+        elif spec.kind == "debfile":
+            shutil.copyfile(payloads.deb_root(spec.source) / spec.pattern, target)
         elif spec.kind == "generate":
             shutil.copyfile(payloads.generate(spec.source, pkg.vars["ver"]), target)
         elif spec.kind == "tree":
@@ -617,7 +771,11 @@ def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[
         deb_versions = deb_versions or debian_versions(fx, work)
         payloads = _Payloads(fx, work, deb_versions)
         specs = [s for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files]
-        payloads.prepare({s.source for s in specs if s.kind in ("deb", "tree")})
+        needed = {s.source for s in specs if s.kind in ("deb", "tree", "select")}
+        if any(s.kind == "libs" for s in specs):
+            needed |= set(library_sources(fx))
+        payloads.prepare(needed)
+        plans = {ver: expand(plans[ver], payloads, library_sources(fx), ver) for ver in fx.versions}
         for ver in fx.versions:
             for generator in sorted({s.source for p in plans[ver].values() for pkg in p for s in pkg.files
                                      if s.kind == "generate"}):
@@ -682,25 +840,10 @@ def ensure_fixture_repo(cache: Path | None = None, fixtures: Path = FIXTURES) ->
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _check_dest(dest: Path, force: bool) -> None:
-    if dest.exists() or dest.is_symlink():
-        if not force:
-            raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
-        if not dest.is_dir() or dest.is_symlink():
-            raise UsageError(f"output {dest} exists and is not a directory")
-    if not dest.parent.is_dir():
-        raise UsageError(f"directory of output {dest} does not exist")
-
-
 def copy_tree(src: Path, dest: Path, force: bool) -> None:
-    """Copy *src* to *dest* atomically (temp dir beside *dest*, renamed; replaced only with *force*)."""
-    _check_dest(dest, force)
-    with private_tempdir(prefix=f".{dest.name}.", parent=dest.parent) as tmp:
-        shutil.copytree(src, tmp / "tree", symlinks=True)
-        os.chmod(tmp / "tree", 0o755)
-        if dest.exists():
-            os.rename(dest, tmp / "old")
-        os.rename(tmp / "tree", dest)
+    """Copy *src* to *dest* atomically; an existing *dest* is replaced only with *force* (never lost)."""
+    with atomic_tree(dest, force) as tmp:
+        shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -710,7 +853,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     dest = Path(args.dest).absolute()
-    _check_dest(dest, args.force_overwrite)  # before a possibly long build
+    check_tree_output(dest, args.force_overwrite)  # before a possibly long build
     repo = ensure_fixture_repo()
     copy_tree(repo.root, dest, args.force_overwrite)
     out = FixtureRepo(dest.resolve(), repo.versions, repo.key_name)

@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import stat
 import time
 from pathlib import Path
 
-from . import compress, cpio
+from . import compat, compress, cpio
 from .dnf import RPMDB_PATH, Dnf
-from .errors import BuildError, XcpimgError
-from .fsutil import atomic_output, check_output_path, private_tempdir, remove_tree
+from .errors import BuildError, XcpimgError, describe_os_error
+from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
 from .layers import Layers, read_package_list, resolve
 from .repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from .run import build_epoch, output, run
@@ -146,7 +144,7 @@ def erase_packages(root: Path) -> list[str]:
     installed = set(output([*rpm, "-qa", "--qf", "%{NAME}\\n"], what="list installed packages").split())
     names = [n for n in ERASE if n in installed]
     if names:
-        run([*rpm, "--nodeps", "--erase", "--allmatches", *names], what="erase unneeded packages")
+        run([*rpm, "--nodeps", "--erase", "--allmatches", "--", *names], what="erase unneeded packages")
     return names
 
 
@@ -164,8 +162,8 @@ def prune(root: Path) -> None:
 
 def overlay(root: Path, layers: Layers) -> int:
     """Copy the merged ``installimg`` template tree into *root*, owned by root, modes kept."""
-    tree = layers.merged_tree("installimg")
-    for rel, src in tree.items():
+    tree = layers.merged_entries("installimg")
+    for rel, (top, src) in tree.items():
         dest = in_root(root, rel)
         parent = dest.parent
         if not parent.is_dir():
@@ -173,11 +171,8 @@ def overlay(root: Path, layers: Layers) -> int:
         if dest.is_dir() and not dest.is_symlink():
             raise BuildError(f"template file {src} would replace the directory /{rel}")
         _remove(dest)  # never write through an existing link
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest)
-        else:
-            shutil.copyfile(src, dest, follow_symlinks=True)
-            os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
+        # links stay links; absolute targets are the image's own paths (``-> /dev/null`` masks a unit)
+        copy_node(src, dest, top, rooted=True)
         os.lchown(dest, 0, 0)
     return len(tree)
 
@@ -191,7 +186,7 @@ def run_depmod(root: Path) -> list[str]:
         argv = ["depmod", "-a", "-b", str(root)]
         # depmod reads the host's /etc/depmod.d unless told otherwise
         argv += ["-C", str(confdir) if confdir.is_dir() else os.devnull]
-        run([*argv, ver], what=f"depmod {ver}")
+        run([*argv, "--", ver], what=f"depmod {ver}")
     return versions
 
 
@@ -212,10 +207,10 @@ def _unit_exists(root: Path, unit: str) -> bool:
 def configure_units(root: Path, dist: str) -> list[str]:
     """Enable the installer units, disable the DISABLE units that exist; return the disabled ones."""
     systemctl = ["systemctl", f"--root={root}", "--no-reload", "-q"]
-    run([*systemctl, "enable", "installer", installer_getty(dist)], what="enable installer units")
+    run([*systemctl, "enable", "--", "installer", installer_getty(dist)], what="enable installer units")
     present = [u for u in DISABLE if _unit_exists(root, u)]
     if present:
-        run([*systemctl, "disable", *present], what="disable units")
+        run([*systemctl, "disable", "--", *present], what="disable units")
     return present
 
 
@@ -284,23 +279,19 @@ def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *, c
     check_output_path(output, force)
     layers.find("packages.lst")
     epoch = build_epoch()
-    with private_tempdir("xcpimg-installimg-", parent=workdir) as tmp:
+    # the root tree is removed (uninterruptibly) before the image is published
+    with atomic_output(output, force) as part, private_tempdir("xcpimg-installimg-", parent=workdir) as tmp:
         root = tmp / "root"
         root.mkdir(mode=0o755)
         try:
             populate(root, layers, repo_config, tmp / "dnf")
         except OSError as exc:
-            raise BuildError(f"building the install.img root in {tmp} failed: {_oserror(exc)}") from None
+            raise BuildError(f"building the install.img root in {tmp} failed: {describe_os_error(exc)}") from None
         try:
-            with atomic_output(output, force) as part:
-                pack(root, part, compression, epoch=epoch)
+            pack(root, part, compression, epoch=epoch)
         except OSError as exc:
-            raise BuildError(f"cannot write {output}: {_oserror(exc)}") from None
+            raise BuildError(f"cannot write {output}: {describe_os_error(exc)}") from None
     log.info("wrote %s", output)
-
-
-def _oserror(exc: OSError) -> str:
-    return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
 
 
 # ---------------------------------------------------------------- CLI
@@ -313,15 +304,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compression of the cpio archive (default bzip2, as the original; the "
                              "XCP-ng 4.19 kernel cannot unpack zstd)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+    compat.add_arguments(parser)
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
 
 
 def command(args: argparse.Namespace) -> int:
+    compat.check(args)
     require_root()
     layers = resolve(args.spec)
     cfg = repo_config_from_args(args)
-    if not cfg.gpgcheck:
-        log.warning("warning: package signatures are not checked (--nogpgcheck)")
     build_installimg(layers, cfg, args.output, compression=args.compression, force=args.force_overwrite)
     return 0
 

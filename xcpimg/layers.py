@@ -54,25 +54,61 @@ class Layers:
     def merged_tree(self, subdir: str) -> dict[str, Path]:
         """Files of the template tree *subdir* across layers: relative path -> winning file.
 
-        An overlay layer replaces a single file by holding the same relative path.
+        An overlay layer replaces a single file by holding the same relative path. A path
+        that is a file in one layer and a directory in another is a ConfigError.
         """
-        merged: dict[str, Path] = {}
+        return {rel: path for rel, (_top, path) in self.merged_entries(subdir).items()}
+
+    def merged_entries(self, subdir: str) -> dict[str, tuple[Path, Path]]:
+        """Like merged_tree, with the tree each file comes from: rel -> (layer/subdir, file).
+
+        Copy them with fsutil.copy_node(file, dest, top): links stay links, and one
+        pointing outside its layer's tree is refused.
+        """
+        merged: dict[str, tuple[Path, Path]] = {}
         for d in self.dirs:
             top = d / subdir
+            if top.is_symlink():
+                raise ConfigError(f"template tree {top} is a symlink: it must be a directory of its layer")
             if not top.is_dir():
                 continue
             for path in sorted(top.rglob("*")):
                 if path.is_file() or path.is_symlink():
-                    merged.setdefault(path.relative_to(top).as_posix(), path)
+                    merged.setdefault(path.relative_to(top).as_posix(), (top, path))
+        for rel, (_top, src) in merged.items():
+            parent = rel.rpartition("/")[0]
+            while parent:
+                if parent in merged:
+                    raise ConfigError(f"{merged[parent][1]} is a file, but {src} needs {subdir}/{parent} "
+                                      "to be a directory")
+                parent = parent.rpartition("/")[0]
         return dict(sorted(merged.items()))
+
+    def text(self, name: str) -> str:
+        """The text of file *name* from the first layer that holds it."""
+        return read_layer_text(self.find(name))
+
+
+def read_layer_text(path: Path) -> str:
+    """The one way a layer file (INCLUDE, template, list, boot menu) is read: UTF-8 text.
+
+    An unreadable file or one that is not UTF-8 is a ConfigError naming the file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start})") from None
 
 
 def read_package_list(path: Path) -> list[str]:
     """Package names of a ``packages.lst`` (whitespace-separated, ``#`` starts a comment)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read package list {path}: {exc.strerror}") from None
+    text = read_layer_text(path)
     names = [name for line in text.splitlines() for name in line.split("#", 1)[0].split()]
     if not names:
         raise ConfigError(f"{path} lists no package")
@@ -96,7 +132,7 @@ def _includes(layer: Path) -> list[str]:
     inc = layer / "INCLUDE"
     if not inc.is_file():
         return []
-    lines = inc.read_text().splitlines()
+    lines = read_layer_text(inc).splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -2,7 +2,8 @@
 
 The initrd is a gzip-compressed newc cpio holding Debian's static busybox. Its ``/init``
 mounts proc, sys and devtmpfs, prints the init marker and ``/proc/cmdline`` (see
-``xcpimg.stages``) on the console and on ``/dev/hvc0`` (the serial line under Xen), then
+``xcpimg.stages``; before them, when ``answerfile=file:///X`` is on the command line and X
+exists, ``xcpimg-answerfile: /X <root element>``) on the console and on ``/dev/hvc0`` (the serial line under Xen), then
 powers off. Same busybox, same epoch: same bytes.
 """
 
@@ -18,12 +19,12 @@ from pathlib import Path
 from . import cpio, debs
 from .fsutil import atomic_output, private_tempdir
 from .run import build_epoch
-from .stages import CMDLINE_PREFIX, INIT_MARKER
+from .stages import ANSWERFILE_PREFIX, CMDLINE_PREFIX, INIT_MARKER
 
 #: Debian package holding the static busybox.
 BUSYBOX_PACKAGE = "busybox-static"
 #: Applets /init uses (linked in /bin).
-APPLETS = ("cat", "echo", "ls", "mkdir", "mount", "poweroff", "printf", "sh", "sleep")
+APPLETS = ("cat", "echo", "ls", "mkdir", "mount", "poweroff", "printf", "sed", "sh", "sleep", "tr")
 
 INIT_SCRIPT = f"""#!/bin/sh
 # xcpimg probe initrd: report that init runs, with the kernel command line, then power off.
@@ -32,8 +33,24 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 cmdline="$(cat /proc/cmdline)"
+answer=""
+for word in $cmdline; do
+    case "$word" in
+        answerfile=file://*)
+            file="${{word#answerfile=file://}}"
+            if [ -f "$file" ]; then
+                # the first element that is not a declaration, comment or doctype
+                root="$(tr '\\n' ' ' < "$file" | sed -e 's/<[?!][^>]*>//g' \\
+                    -e 's/^[^<]*<\\([A-Za-z_][-A-Za-z0-9_.:]*\\).*/\\1/')"
+                answer="{ANSWERFILE_PREFIX}$file $root"
+            fi ;;
+    esac
+done
 for tty in /dev/hvc0 /dev/console; do
     if [ -c "$tty" ]; then
+        if [ -n "$answer" ]; then
+            printf '\\n%s' "$answer" > "$tty" 2>/dev/null
+        fi
         printf '\\n%s\\n%s%s\\n' '{INIT_MARKER}' '{CMDLINE_PREFIX}' "$cmdline" > "$tty" 2>/dev/null
     fi
 done

@@ -8,7 +8,6 @@ shared between xdist workers through a file lock on a directory above
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,8 +63,9 @@ class RepoSource:
 
     root: str
     layout: str  # "major" (<root>/8/8.3/...) or "flat" (<root>/8.3/..., as mirror-repos lays it out)
-    gpgkey: str | None
+    gpgkey: str | None  # None: the layers' own key (XCP-ng's)
     linstor_root: str | None = None
+    gpgcheck: bool = True
 
     def srcurl(self, dist: str) -> str:
         major, minor = dist.split(".")[:2]
@@ -77,7 +77,8 @@ class RepoSource:
         layer_urls = {}
         if self.linstor_root and "linstor" in layers.names:
             layer_urls["linstor"] = f"{self.linstor_root}/{layers.dist.split('.')[0]}/{layers.dist}"
-        return RepoConfig(srcurl=self.srcurl(layers.dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey)
+        return RepoConfig(srcurl=self.srcurl(layers.dist), layer_srcurls=layer_urls, gpgkey=self.gpgkey,
+                          gpgcheck=self.gpgcheck)
 
 
 def detect_layout(root: str, dist: str = "8.3") -> str:
@@ -110,6 +111,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repo-root", default=os.environ.get("XCPTEST_REPOROOT"), metavar="URL",
                     help="root of an XCP-ng repository tree (env XCPTEST_REPOROOT; "
                          "default: the embedded fixture repository)")
+    group.addoption("--repo-gpgkey", default=os.environ.get("XCPTEST_GPGKEY") or None, metavar="URL",
+                    help="RPM signing key of the --repo-root packages (env XCPTEST_GPGKEY; default: the "
+                         "layers' XCP-ng key; the fixture repository always uses its own)")
+    group.addoption("--repo-nogpgcheck", action="store_true",
+                    default=os.environ.get("XCPTEST_NOGPGCHECK", "") not in ("", "0"),
+                    help="do not check the signatures of the --repo-root packages (env XCPTEST_NOGPGCHECK=1)")
     group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall]",
                     help=f"layer spec to build and boot (repeatable; default {' '.join(DEFAULT_CONFIGS)})")
     group.addoption("--boot-modes", default=None, metavar="MODES",
@@ -149,6 +156,8 @@ def matrix_modes(cfg: MatrixConfig, chosen: list[str] | None) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``xcp_config`` and ``boot_mode`` over the matrix."""
     expensive = metafunc.definition.get_closest_marker("expensive") is not None
+    explicit = {name for m in metafunc.definition.iter_markers("parametrize")
+                for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
     configs = _configs(metafunc.config)
     if expensive:
         wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]
@@ -158,7 +167,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     def modes(cfg: MatrixConfig) -> list[str]:
         found = matrix_modes(cfg, chosen)
         return [m for m in found if m in EXPENSIVE_BOOT_MODES] if expensive else found
-    names = metafunc.fixturenames
+    names = [n for n in metafunc.fixturenames if n not in explicit]
     if "xcp_config" in names and "boot_mode" in names:
         pairs = [(c, m) for c in configs for m in modes(c)]
         metafunc.parametrize(("xcp_config", "boot_mode"), pairs, ids=[f"{c.label}-{m}" for c, m in pairs],
@@ -206,7 +215,9 @@ def repo_source(request: pytest.FixtureRequest) -> RepoSource:
     root = request.config.getoption("repo_root")
     if root:
         url = as_url(root)
-        return RepoSource(root=url, layout=detect_layout(url), gpgkey=None)
+        key = request.config.getoption("repo_gpgkey")
+        return RepoSource(root=url, layout=detect_layout(url), gpgkey=as_url(key) if key else None,
+                          gpgcheck=not request.config.getoption("repo_nogpgcheck"))
     from .fixture_repo import ensure_fixture_repo
     repo = ensure_fixture_repo()
     return RepoSource(root=repo.root.as_uri(), layout="major", gpgkey=repo.gpgkey_url,
@@ -266,11 +277,8 @@ def failure_details(logdir: Path) -> str:
 
 @lru_cache(maxsize=16)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .media.reader import sha256_file
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:
@@ -280,8 +288,9 @@ def file_sha256(path: Path) -> str:
 
 
 def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str,
-                   record: Callable[[str, object], None] | None = None) -> None:
-    """Boot *iso* in *mode* to the init stage and check the installer's command line.
+                   until: str = "init", record: Callable[[str, object], None] | None = None) -> BootResult:
+    """Boot *iso* in *mode* to *until* (``init`` for the probe initrd, ``installer`` for a real
+    install.img) and check the kernel command line the boot reported.
 
     *record* (pytest's ``record_property``) receives the ISO's sha256, the accel and the
     seconds to each stage reached, for ``--junitxml`` reports, whether the boot succeeds or not.
@@ -293,7 +302,7 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     if record:
         record("iso_sha256", file_sha256(iso))
     try:
-        result = boot(iso, firmware=bm.firmware, media=bm.media, until="init", logdir=where,
+        result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=where,
                       no_eltorito=bm.no_eltorito)
     except BootError as exc:
         if record and isinstance(exc, BootFailure):
@@ -302,7 +311,8 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     if record:
         _record_stages(record, result)
     missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
-    assert not missing, f"{cfg.label} {mode}: /proc/cmdline {result.cmdline!r} lacks {missing}"
+    assert not missing, f"{cfg.label} {mode}: kernel command line {result.cmdline!r} lacks {missing}"
+    return result
 
 
 def _record_stages(record: Callable[[str, object], None], result: BootResult) -> None:

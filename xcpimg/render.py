@@ -2,6 +2,11 @@
 
 Layers written for the bash tools use ``@@SRCURL@@``-style placeholders; they are
 filled from the same variables, so such a layer keeps working unchanged.
+
+A layer is not trusted: templates run in jinja2's sandbox, have no loader (so no
+``include``/``import`` of other files), and any error they raise while rendering
+(``{{ 1/0 }}``, a missing include, an undefined name) is a ConfigError naming the
+template and line. Template files are read through :func:`xcpimg.layers.read_layer_text`.
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
 
 import jinja2
+import jinja2.sandbox
 
 from .errors import ConfigError
+from .layers import read_layer_text
 
 #: legacy placeholder -> variable name
 LEGACY_KEYS = {
@@ -26,8 +34,8 @@ LEGACY_KEYS = {
 }
 
 _LEGACY_RE = re.compile(r"@@([A-Z_][A-Z0-9_]*)@@")
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                          autoescape=False)
+_ENV = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                          autoescape=False)
 
 
 def _legacy(text: str, variables: Mapping[str, object], source: str) -> str:
@@ -46,17 +54,27 @@ def render_text(text: str, variables: Mapping[str, object], source: str = "<temp
     """Render *text*: jinja2 (undefined variables are errors), then legacy placeholders."""
     try:
         rendered = _ENV.from_string(text).render(**variables)
-    except jinja2.UndefinedError as exc:
-        raise ConfigError(f"{source}: {exc.message}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{source}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"{source}{_line(exc.__traceback__)}: {exc.message}") from None
+    except Exception as exc:  # the template's own code failed: 1/0, include without a loader...
+        what = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
+        raise ConfigError(f"{source}{_line(exc.__traceback__)}: template error: {type(exc).__name__}: "
+                          f"{' '.join(what.split())[:200]}") from None
     return _legacy(rendered, variables, source)
+
+
+def _line(tb: TracebackType | None) -> str:
+    """":N" for the deepest template line of a rendering traceback (jinja2 maps frames to it)."""
+    line = ""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
 
 
 def render_file(path: Path, variables: Mapping[str, object]) -> str:
     """Render the template file at *path*."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read template {path}: {exc.strerror}") from None
-    return render_text(text, variables, str(path))
+    return render_text(read_layer_text(path), variables, str(path))

@@ -30,20 +30,31 @@ TOOL_PACKAGES = {
     "genisoimage": "genisoimage", "isohybrid": "syslinux-utils", "xorriso": "xorriso",
     "sgdisk": "gdisk", "lftp": "lftp", "depmod": "kmod", "systemctl": "systemd",
     "apt-get": "apt", "dpkg-deb": "dpkg", "cpio": "cpio", "bzip2": "bzip2", "pbzip2": "pbzip2",
-    "xz": "xz-utils", "zstd": "zstd", "isoinfo": "genisoimage", "setpriv": "util-linux",
+    "xz": "xz-utils", "zstd": "zstd", "isoinfo": "genisoimage", "patch": "patch", "setpriv": "util-linux",
 }
 
 
+#: The epochs every output format can store: efiboot.img's FAT dates start on 1980-01-01;
+#: a cpio newc header (install.img, the probe initrd) holds a 32-bit mtime, up to
+#: 2106-02-07T06:28:15Z (ISO9660 directory records end in 2155, FAT in 2107: both later).
+EPOCH_MIN = 315532800
+EPOCH_MAX = 0xFFFFFFFF
+
+
 def build_epoch() -> int:
-    """The epoch every timestamp of a build comes from."""
+    """The epoch every timestamp of a build comes from (SOURCE_DATE_EPOCH, checked, or the default)."""
+    from .errors import UsageError
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
         return DEFAULT_EPOCH
-    try:
-        return int(value)
-    except ValueError:
-        from .errors import UsageError
-        raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, got {value!r}") from None
+    if not value.isascii() or not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, got {value[:40]!r}")
+    epoch = int(value)
+    if not EPOCH_MIN <= epoch <= EPOCH_MAX:
+        raise UsageError(f"SOURCE_DATE_EPOCH {value[:40]} is out of range: it must be between {EPOCH_MIN} "
+                         f"(1980-01-01, the first FAT date of efiboot.img) and {EPOCH_MAX} "
+                         "(2106-02-07T06:28:15Z, the last mtime a cpio newc header holds)")
+    return epoch
 
 
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

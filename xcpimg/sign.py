@@ -3,8 +3,9 @@
 Also the signing hook of `xcpimg iso`: `run_sign_script` runs the user's
 script on the staging tree, then `check_repo_signature` accepts the result
 only if `repodata/repomd.xml.asc` is a detached OpenPGP signature over
-`repomd.xml` with a SHA-2 digest (hash ids 8-11), made by a key shipped at the
-ISO root as `RPM-GPG-KEY-*`.
+`repomd.xml` that gpg verifies with a key shipped at the ISO root as
+`RPM-GPG-KEY-*`, with a SHA256, SHA384 or SHA512 digest (hash ids 8, 9, 10) as
+gpg itself reports it (its VALIDSIG status line), not as a parse of the file says.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BuildError, ToolError, UsageError
-from .fsutil import private_tempdir
+from .fsutil import atomic_output, owner_token, private_tempdir
 from .run import run, tool_env, which
 
 log = logging.getLogger("xcpimg.sign")
@@ -30,8 +31,8 @@ log = logging.getLogger("xcpimg.sign")
 #: OpenPGP hash algorithm ids (RFC 4880 9.4, RFC 9580 9.5).
 HASH_NAMES = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 8: "SHA256", 9: "SHA384", 10: "SHA512",
               11: "SHA224", 12: "SHA3-256", 14: "SHA3-512"}
-#: Digests accepted on repomd.xml.asc: SHA256, SHA384, SHA512, SHA224.
-ACCEPTED_HASHES = frozenset({8, 9, 10, 11})
+#: Digests accepted on repomd.xml.asc: SHA256, SHA384, SHA512 (SHA224 and weaker are refused).
+ACCEPTED_HASHES = frozenset({8, 9, 10})
 #: Digests the sample signer offers.
 SIGN_DIGESTS = ("SHA256", "SHA384", "SHA512")
 
@@ -50,7 +51,7 @@ _NICK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 class SignatureInfo:
     """What check_repo_signature found in repomd.xml.asc."""
 
-    hash_ids: list[int]
+    hash_ids: list[int]                                   # as gpg verified them (VALIDSIG)
     key_ids: list[str] = field(default_factory=list)     # issuer key ids from the packets
     fingerprint: str = ""                                 # of the key gpg verified with
 
@@ -181,7 +182,11 @@ def parse_signature(body: bytes) -> tuple[int, int, list[str]]:
 
 
 def signature_info(asc: Path) -> SignatureInfo:
-    """Parse *asc* (armoured, or binary packets) as a detached signature and check its digest."""
+    """Parse *asc* (armoured, or binary packets): only detached document signatures, please.
+
+    This is a shape check with readable errors; the digest is judged from what gpg
+    verified (check_repo_signature), never from these parsed hash ids.
+    """
     raw = asc.read_bytes()
     name = asc.name
     if raw[:1] and raw[0] & 0x80:
@@ -208,11 +213,6 @@ def signature_info(asc: Path) -> SignatureInfo:
         raise BuildError(f"{name}: {exc}") from None
     if not info.hash_ids:
         raise BuildError(f"{name} holds no signature packet")
-    for hash_id in info.hash_ids:
-        if hash_id not in ACCEPTED_HASHES:
-            algo = HASH_NAMES.get(hash_id, f"hash algorithm {hash_id}")
-            raise BuildError(f"{name} uses digest {algo} (id {hash_id}); "
-                             f"SHA256 or stronger (SHA224/256/384/512) is required")
     return info
 
 
@@ -252,7 +252,7 @@ def private_gnupghome(prefix: str = "xcpimg-gnupg-") -> Iterator[Path]:
     exist; a socket path must stay under ~107 bytes, so a long $TMPDIR gives way to /tmp.
     """
     parent = None
-    if len(os.path.join(tempfile.gettempdir(), prefix + "x" * 8, "S.gpg-agent.browser")) > _MAX_SOCKET:
+    if len(os.path.join(tempfile.gettempdir(), prefix + owner_token(), "S.gpg-agent.browser")) > _MAX_SOCKET:
         parent = Path("/tmp")
     with private_tempdir(prefix, parent) as home:
         os.chmod(home, 0o700)
@@ -278,23 +278,50 @@ def check_repo_signature(iso_dir: Path) -> SignatureInfo:
         raise BuildError("repodata/repomd.xml is signed but no RPM-GPG-KEY-* file at the ISO root "
                          "holds the key to verify it")
     with private_gnupghome("xcpimg-verify-") as home:
-        gpg = _gpg(home)
         for key in keys:
-            imported = gpg.import_keys(key.read_bytes())
-            if not imported.fingerprints:
-                raise BuildError(f"{key.name} holds no OpenPGP public key: "
-                                 f"{_last_line(imported.stderr)}")
-        result = gpg.verify_file(str(asc), str(repomd))
-    if not result.valid or result.returncode != 0:
-        key_hint = ", ".join(info.key_ids) or "unknown key"
-        why = result.status or _last_line(result.stderr)
-        if result.status == "no public key":
-            why = (f"signed by key {key_hint}, which is not among "
+            status, err, _rc = _gpg_status(home, "--import", key)
+            if not any(f[0] in ("IMPORT_OK", "IMPORTED") for f in status):
+                raise BuildError(f"{key.name} holds no OpenPGP public key: {_last_line(err)}")
+        status, err, rc = _gpg_status(home, "--verify", asc, repomd)
+    valid = [f for f in status if f[0] == "VALIDSIG" and len(f) >= 9]
+    for fields in status:
+        if fields[0] == "ERRSIG" and len(fields) >= 4 and _int(fields[3]) not in ACCEPTED_HASHES:
+            raise BuildError(_weak(_int(fields[3])))
+    bad = [f for f in status if f[0] in ("BADSIG", "ERRSIG", "NO_PUBKEY", "EXPSIG", "EXPKEYSIG", "REVKEYSIG")]
+    if bad or not valid or rc != 0:
+        why = _last_line(err)
+        if any(f[0] == "BADSIG" for f in bad):
+            why = "signature bad"
+        elif any(f[0] == "NO_PUBKEY" for f in bad):
+            why = (f"signed by key {', '.join(info.key_ids) or 'unknown key'}, which is not among "
                    f"{', '.join(k.name for k in keys)}")
         raise BuildError(f"repodata/repomd.xml.asc does not verify: {why}")
-    info.fingerprint = result.pubkey_fingerprint or result.fingerprint or ""
+    info.hash_ids = [_int(f[8]) for f in valid]
+    for hash_id in info.hash_ids:
+        if hash_id not in ACCEPTED_HASHES:
+            raise BuildError(_weak(hash_id))
+    info.fingerprint = valid[0][10] if len(valid[0]) > 10 else valid[0][1]
     log.info("repodata signature verified: %s, key %s", "/".join(info.hash_names), info.fingerprint)
     return info
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else -1
+
+
+def _weak(hash_id: int) -> str:
+    algo = HASH_NAMES.get(hash_id, f"hash algorithm {hash_id}")
+    return (f"repodata/repomd.xml.asc uses digest {algo} (id {hash_id}); "
+            f"SHA256 or stronger (SHA256, SHA384 or SHA512) is required")
+
+
+def _gpg_status(home: Path, *args: str | Path) -> tuple[list[list[str]], str, int]:
+    """Run gpg on the keyring *home*; its ``[GNUPG:]`` status lines (split), stderr and exit code."""
+    proc = run(["gpg", "--homedir", home, "--batch", "--no-tty", "--status-fd", "1", *args], check=False,
+               what="gpg")
+    status = [line.split()[1:] for line in proc.stdout.decode(errors="replace").splitlines()
+              if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
+    return status, proc.stderr.decode(errors="replace"), proc.returncode
 
 
 def run_sign_script(script: Path | str, iso_dir: Path) -> SignatureInfo:
@@ -324,16 +351,9 @@ def run_sign_script(script: Path | str, iso_dir: Path) -> SignatureInfo:
 # -- sample signer -----------------------------------------------------------------
 
 def _write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace *target* with *data* atomically (the signer's own files in the ISO tree)."""
+    with atomic_output(target, force=True, mode=mode) as tmp:
+        tmp.write_bytes(data)
 
 
 def set_treeinfo_key(treeinfo: Path, key_file: str) -> None:
@@ -415,18 +435,11 @@ def _sign_and_export(gpg, fingerprint: str, iso_dir: Path, nick: str,  # type: i
                      digest: str) -> None:
     repomd = iso_dir / "repodata" / "repomd.xml"
     asc = repomd.with_name("repomd.xml.asc")
-    fd, tmp = tempfile.mkstemp(prefix=".repomd.xml.asc.", dir=repomd.parent)
-    os.close(fd)
-    try:
+    with atomic_output(asc, force=True) as tmp:
         result = gpg.sign_file(str(repomd), keyid=fingerprint, detach=True, clearsign=False,
-                               output=tmp, extra_args=["--digest-algo", digest])
+                               output=str(tmp), extra_args=["--digest-algo", digest])
         if result.returncode != 0 or not result.fingerprint or os.path.getsize(tmp) == 0:
             raise BuildError(f"gpg could not sign {repomd}: {_last_line(result.stderr)}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, asc)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     public = gpg.export_keys(fingerprint, armor=True, minimal=True)
     if "BEGIN PGP PUBLIC KEY BLOCK" not in public:
         raise BuildError(f"gpg could not export the public key {fingerprint}")

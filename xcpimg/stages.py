@@ -28,6 +28,9 @@ CMDLINE_PREFIX = "xcpimg-cmdline: "
 KERNEL_CMDLINE = re.compile(r"^(?:\[\s*\d+\.\d+\]\s*)?(?:Kernel c|C)ommand line: ?(.*)$")
 #: The installer's first screen (host-installer: "Welcome to %s - Version %s (Kernel %s)").
 INSTALLER_WELCOME = re.compile(r"Welcome to (\S.*?) - Version (\S+)(?: \(Kernel ([^)\s]+)\))?")
+#: Line printed before the init marker when ``answerfile=file:///X`` is on the command line and X
+#: exists: ``xcpimg-answerfile: /X <root element name>``.
+ANSWERFILE_PREFIX = "xcpimg-answerfile: "
 
 #: stage -> console regexes meaning the stage was reached.
 STAGE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
@@ -260,17 +263,17 @@ class ConsoleWatcher:
 
     def _scan(self, line: str, update: Update, complete: bool) -> None:
         for stage in STAGES:
-            if stage not in self.reached and any(p.search(line) for p in STAGE_PATTERNS[stage]):
+            if stage not in self.reached and any(self._seen(p, line, complete) for p in STAGE_PATTERNS[stage]):
                 self._mark(stage, update)
         if complete and CMDLINE_PREFIX in line and (self.cmdline is None or self.cmdline == self.kernel_cmdline):
             self.cmdline = line[line.index(CMDLINE_PREFIX) + len(CMDLINE_PREFIX):].strip()
         if complete and self.kernel_cmdline is None:
-            found = kernel_cmdline(line)
-            if found is not None:
-                self.kernel_cmdline = found
-                self.cmdline = self.cmdline or found
-        if self.installer is None and "installer" in self.reached:
-            welcome = INSTALLER_WELCOME.search(line)
+            kernel_line = kernel_cmdline(line)
+            if kernel_line is not None:
+                self.kernel_cmdline = kernel_line
+                self.cmdline = self.cmdline or kernel_line
+        if "installer" in self.reached and (self.installer is None or not self.installer[2]):
+            welcome = INSTALLER_WELCOME.search(line)  # again on the completed line: a chunk may cut it
             if welcome:
                 self.installer = (welcome.group(1), welcome.group(2), welcome.group(3) or "")
         if not any(s in self.reached for s in STAGES[1:]):
@@ -280,12 +283,21 @@ class ConsoleWatcher:
                     if not complete:
                         self._partial_prompts.add(kind)
         if self.failure is None:
-            found = self._failure_in(line, complete, self.reached)
-            if found:
-                self.failure = found
-                update.failure = found
+            failure = self._failure_in(line, complete, self.reached)
+            if failure:
+                self.failure = failure
+                update.failure = failure
             elif complete and "hypervisor" not in self.reached:
                 self._warn(line)
+
+    @staticmethod
+    def _seen(pattern: re.Pattern[str], line: str, complete: bool) -> bool:
+        """*pattern* matches *line*; the installer's first screen only once its text is whole (a
+        chunk may end in the middle of the version: "Version 8" of "Version 8.3 (Kernel ...)")."""
+        found = pattern.search(line)
+        if found is None or complete or pattern is not INSTALLER_WELCOME:
+            return found is not None
+        return found.group(3) is not None or found.end() < len(line)
 
     def _warn(self, line: str) -> None:
         for benign in BENIGN_PATTERNS:

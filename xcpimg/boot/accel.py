@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import BootError, UsageError
 from ..run import which
 from .firmware import find_ovmf
+from .media import qemu_value
 from .process import kill_group, spawn
 
 log = logging.getLogger("xcpimg.boot")
@@ -43,7 +44,7 @@ def kvm_probe(seconds: float = 3.0) -> bool:
     """Run a tiny guest (OVMF, else SeaBIOS, no devices) under KVM; True when it keeps running."""
     try:
         code, _vars = find_ovmf()
-        fw = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"]
+        fw = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_value(code)}"]
     except BootError:
         fw = []
     argv = [which(QEMU), "-accel", "kvm", "-machine", "pc", "-cpu", "host", "-m", "128", "-nodefaults",

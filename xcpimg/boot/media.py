@@ -108,10 +108,11 @@ def disable_eltorito(iso: Path, copy: Path) -> Path:
 
 def iso_payload_bytes(iso: Path) -> int:
     """Total size of PAYLOAD_FILES on *iso*; 0 when it cannot be read as an ISO."""
-    from ..iso.reader import IsoReader
+    from ..media.reader import IsoReader
     try:
         with IsoReader(iso) as reader:
-            return sum(reader.size(p) for p in PAYLOAD_FILES if reader.is_file(p))
+            files = reader.files()
+            return sum(files[p.lstrip("/")].size for p in PAYLOAD_FILES if p.lstrip("/") in files)
     except XcpimgError:
         return 0
 

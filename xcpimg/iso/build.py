@@ -19,10 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dnf import Dnf
-from ..errors import BuildError, UsageError
-from ..fsutil import check_output_path, private_tempdir
-from ..layers import Layers, resolve
+from .. import compat
+from ..dnf import Dnf, check_package_names
+from ..errors import BuildError, ConfigError, ToolError, UsageError
+from ..fsutil import atomic_output, check_output_path, copy_node, copy_tree, private_tempdir
+from ..layers import Layers, configs_dir, read_layer_text, resolve
 from ..render import render_text
 from ..repos import RepoConfig, add_repo_arguments, repo_config_from_args
 from ..rpm import RpmPackage
@@ -60,6 +61,7 @@ class IsoOptions:
     sign_script: Path | None = None
     force: bool = False
     progress: bool = False
+    answerfile: Path | None = None
 
 
 def validate(opts: IsoOptions) -> None:
@@ -69,6 +71,7 @@ def validate(opts: IsoOptions) -> None:
     if opts.efi_installer not in ("rpm", "mkimage"):
         raise UsageError(f"unknown --efi-installer {opts.efi_installer!r} (rpm or mkimage)")
     master.check_volid(opts.volid)
+    check_package_names(opts.extra_packages, "--extra-packages name")
     img = opts.install_img
     if not img.is_file() or not os.access(img, os.R_OK):
         raise UsageError(f"cannot read install.img {img}")
@@ -76,23 +79,24 @@ def validate(opts: IsoOptions) -> None:
         s = opts.sign_script
         if not s.is_file() or not os.access(s, os.X_OK):
             raise UsageError(f"sign script {s} is not an executable file")
+    if opts.answerfile is not None:
+        from ..media import answerfile
+        answerfile.load(opts.answerfile)
     check_output_path(opts.output, opts.force)
 
 
 def insert_boot_args(tree: Path, args: str) -> None:
     """Insert *args* right after the first ``/vmlinuz`` of every line of the boot menus."""
+    from ..media import menus
     if not args.strip():
         return
-    menus = [tree / "boot/isolinux/isolinux.cfg", *sorted(tree.glob("*/*/grub*.cfg"))]
-    for menu in menus:
-        if menu.is_file():
-            text = menu.read_text()
-            menu.write_text(re.sub(r"(?m)^(.*?/vmlinuz)(?=\s|$)", lambda m: f"{m.group(1)} {args.strip()}", text))
+    for menu in menus.menu_files(tree):
+        menu.write_text(menus.add_kernel_args(menu.read_text(), args))
 
 
 def installer_bootargs(layers: Layers) -> str:
     """Contents of every layer's installer-bootargs.lst, joined on one line."""
-    parts = [p.read_text().split() for p in layers.find_all("installer-bootargs.lst")]
+    parts = [read_layer_text(p).split() for p in layers.find_all("installer-bootargs.lst")]
     return " ".join(word for words in parts for word in words)
 
 
@@ -144,13 +148,15 @@ class BootRpms:
 
 def stage_templates(layers: Layers, tree: Path) -> None:
     """Copy the merged ISO template tree (overlays replace single files)."""
-    files = layers.merged_tree("iso")
+    files = layers.merged_entries("iso")
     if not files:
         raise BuildError(f"layers {':'.join(layers.names)} hold no iso/ template tree")
-    for rel, src in files.items():
+    for rel, (top, src) in files.items():
+        if rel.endswith(".cfg") or rel == ".treeinfo":
+            read_layer_text(src)  # menus and .treeinfo are edited as text later: say now which layer file is bad
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        copy_node(src, dest, top)  # a link stays a link, and only if it stays inside its layer's tree
     for required in ("boot/isolinux/isolinux.cfg", "EFI/xenserver/grub.cfg"):
         if not (tree / required).is_file():
             raise BuildError(f"ISO template tree lacks {required}")
@@ -197,25 +203,61 @@ def efi_loader(rpms: BootRpms, mode: str, tree: Path, scratch: Path) -> Path:
     moddir_rpm = "/usr/lib/grub/x86_64-efi"
     unpack = scratch / "grub-efi"
     grub.extract(unpack, grub.glob(f"{moddir_rpm}/*"))
-    moddir = unpack / moddir_rpm.lstrip("/")
+    if not (unpack / moddir_rpm.lstrip("/")).is_dir():
+        raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
+    # copied first: a link leaving the module tree is refused before grub-mkimage reads anything
+    moddir = tree / "boot/grub/x86_64-efi"
+    copy_tree(unpack / moddir_rpm.lstrip("/"), moddir, what=f"{grub.nevra} {moddir_rpm}")
     if not (moddir / "moddep.lst").is_file():
         raise BuildError(f"{grub.nevra} has no GRUB module directory {moddir_rpm}")
     out = scratch / "grubx64.efi"
     run(["grub-mkimage", "--directory", moddir, "--prefix", GRUB_PREFIX, "--output", out,
-         "--format", "x86_64-efi", "--compression", "auto", *GRUB_BUILTIN], what="build the GRUB EFI image")
-    shutil.copytree(moddir, tree / "boot/grub/x86_64-efi")
+         "--format", "x86_64-efi", "--compression", "auto", "--", *GRUB_BUILTIN],
+        what="build the GRUB EFI image")
     return out
 
 
-def efiboot_grub_cfg(layers: Layers, iso_cfg: str) -> str:
-    """The ISO's grub.cfg with the layers' efiboot lines inserted after ``set timeout=``."""
+#: upstream's layer file for the efiboot grub.cfg change: a patch applied to a copy of grub.cfg
+EFIBOOT_PATCH = "grub-efiboot-cfg.patch"
+
+
+def efiboot_grub_cfg(layers: Layers, iso_cfg: str, scratch: Path) -> str:
+    """The grub.cfg placed in efiboot.img: the ISO's, changed by upstream's ``grub-efiboot-cfg.patch``
+    (applied with ``patch``) when a layer holds one, else by ``efiboot-grub.cfg`` (lines inserted
+    after ``set timeout=``; base has the default). A layer's ``efiboot-grub.cfg`` wins over a
+    patch only when that layer comes first in the search path."""
     extra_file = layers.find_optional("efiboot-grub.cfg")
-    extra = extra_file.read_text() if extra_file else "search --file --set /install.img\n"
+    patch_file = layers.find_optional(EFIBOOT_PATCH)
+    if patch_file is not None:
+        default = extra_file is None or extra_file.parent == configs_dir() / "base"
+        if extra_file is None or default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
+            return apply_patch(patch_file, iso_cfg, scratch)
+    extra = read_layer_text(extra_file) if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if line.strip().startswith("set timeout="):
             return "".join(lines[:i + 1]) + extra + "".join(lines[i + 1:])
     return extra + iso_cfg
+
+
+def apply_patch(patch_file: Path, text: str, scratch: Path) -> str:
+    """*text* (the ISO's grub.cfg) changed by the layer file *patch_file*, applied with ``patch``;
+    a patch that does not apply is a ConfigError naming the layer file."""
+    work = scratch / "efiboot-patch"
+    work.mkdir()
+    original, patched = work / "grub.cfg", work / "grub.cfg.patched"
+    original.write_text(text)
+    try:
+        run(["patch", "--batch", "--forward", "--silent", "--fuzz=1", "--no-backup-if-mismatch",
+             f"--reject-file={work / 'rej'}",
+             f"--output={patched}", f"--input={patch_file}", "--", str(original)], cwd=work,
+            what=f"apply {patch_file}")
+    except ToolError as exc:
+        if exc.returncode is None:
+            raise  # patch is not installed, or could not start
+        raise ConfigError(f"layer file {patch_file} does not apply to EFI/xenserver/grub.cfg: "
+                          f"{(exc.stderr_tail or str(exc)).splitlines()[-1]}") from None
+    return patched.read_text()
 
 
 def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch: int) -> None:
@@ -224,7 +266,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
         rpms.one("branding-xcp-ng", "/usr/src/branding/branding")).decode())
     treeinfo = tree / ".treeinfo"
     if treeinfo.is_file():
-        variables = {**branding, "timestamp": epoch, "TIMESTAMP": f"{epoch}.00"}
+        variables = {**branding, "timestamp": f"{epoch}.00", "TIMESTAMP": f"{epoch}.00"}  # date +%s.00, as upstream
         treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
     packages = tree / "Packages"
     dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
@@ -242,17 +284,21 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
 
 
 def build_iso(opts: IsoOptions) -> None:
-    """Build the ISO described by *opts* into opts.output (atomically)."""
+    """Build the ISO described by *opts* into opts.output (atomically, never clobbering one).
+
+    The staging tree is removed (uninterruptibly) before the ISO is published: an
+    interrupt leaves either no ISO or a whole one, and never a staging tree.
+    """
     validate(opts)
     epoch = build_epoch()
     layers = opts.layers
-    with private_tempdir("xcpimg-iso-") as work:
+    with atomic_output(opts.output, opts.force) as part, private_tempdir("xcpimg-iso-") as work:
         tree, scratch = work / "iso", work / "scratch"
         scratch.mkdir()
+        dnf = Dnf(layers, opts.repo_config, work / "dnf")  # reads the keys first: a bad --gpgkey fails at once
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
-        dnf = Dnf(layers, opts.repo_config, work / "dnf")
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))
@@ -261,16 +307,21 @@ def build_iso(opts: IsoOptions) -> None:
             insert_boot_args(tree, "netinstall")
         else:
             add_repository(opts, dnf, rpms, tree, epoch)
+        if opts.answerfile is not None:
+            from ..media import answerfile
+            _, notes = answerfile.make_unattended(tree, answerfile.load(opts.answerfile), tree / "install.img",
+                                                  scratch, epoch)
+            for note in notes:
+                log.info("%s", note)
         isohdpfx = add_bios_loader(rpms, tree)
         loader = efi_loader(rpms, opts.efi_installer, tree, scratch)
         grub_cfg = scratch / "grub-efiboot.cfg"
-        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text()))
+        grub_cfg.write_text(efiboot_grub_cfg(layers, (tree / "EFI/xenserver/grub.cfg").read_text(), scratch))
         efiboot.make_efiboot(tree / "boot/efiboot.img", {
             "EFI/BOOT/BOOTX64.EFI": loader, "EFI/xenserver/grub.cfg": grub_cfg})
         shutil.copyfile(loader, tree / "EFI/xenserver/grubx64.efi")
         log.info("mastering %s", opts.output)
-        check_output_path(opts.output, opts.force)  # master_iso writes atomically, replacing any file
-        master.master_iso(tree, opts.output, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
+        master.master_iso(tree, part, opts.volid, isohdpfx=isohdpfx, epoch=epoch,
                           progress=opts.progress)
     log.info("wrote %s (%d MiB)", opts.output, opts.output.stat().st_size >> 20)
 
@@ -287,6 +338,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sign-script", metavar="SCRIPT",
                         help="run SCRIPT ISO_DIR to sign repodata/repomd.xml (a bare name is looked up on PATH)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--answerfile", metavar="FILE", type=Path,
+                        help="unattended media: put FILE into install.img as /answerfile.xml and boot with it")
+    compat.add_arguments(parser)
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
     parser.add_argument("install_img", metavar="INSTALL.IMG", type=Path, help="the installer image")
 
@@ -304,10 +358,11 @@ def sign_script_path(value: str | None) -> Path | None:
 
 
 def command(args: argparse.Namespace) -> int:
+    compat.check(args)
     opts = IsoOptions(layers=resolve(args.spec), install_img=args.install_img, output=args.output,
                       volid=args.volid, repo_config=repo_config_from_args(args),
                       extra_packages=args.extra_packages.split(), efi_installer=args.efi_installer,
                       netinstall=args.netinstall, sign_script=sign_script_path(args.sign_script),
-                      force=args.force_overwrite, progress=sys.stderr.isatty())
+                      force=args.force_overwrite, progress=sys.stderr.isatty(), answerfile=args.answerfile)
     build_iso(opts)
     return 0

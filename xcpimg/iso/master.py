@@ -41,7 +41,7 @@ from pycdlib.dr import DirectoryRecord
 from pycdlib.pycdlibexception import PyCdlibException
 
 from ..errors import BuildError, UsageError
-from ..fsutil import atomic_output
+from ..fsutil import atomic_output, shown_path
 from ..run import build_epoch
 from . import hybrid
 
@@ -301,7 +301,7 @@ def master_iso(tree: Path, output: Path, volid: str, *,
     epoch = build_epoch() if epoch is None else epoch
     show = None
     if progress and sys.stderr.isatty():
-        display = _Progress(f"mastering {Path(output).name}")
+        display = _Progress(f"mastering {Path(shown_path(output)).name}")
 
         def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
             display(done, total)
@@ -312,16 +312,16 @@ def master_iso(tree: Path, output: Path, volid: str, *,
             _build(iso, tree, volid, bios, catalog, efi, efi_sectors)
             iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=show)
         except PyCdlibException as exc:
-            raise BuildError(f"cannot master {output}: {exc}") from None
+            raise BuildError(f"cannot master {shown_path(output)}: {exc}") from None
         except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise BuildError(f"cannot master {output}: {exc.strerror or exc}{where}") from None
+            where = f" ({shown_path(exc.filename)})" if exc.filename else ""
+            raise BuildError(f"cannot master {shown_path(output)}: {exc.strerror or exc}{where}") from None
         finally:
             with contextlib.suppress(PyCdlibException):
                 iso.close()
         if isohdpfx is not None:
             hybrid.make_hybrid(tmp, isohdpfx, volid, uefi=efi is not None)
-    log.info("mastered %s (%d MiB)", output, Path(output).stat().st_size >> 20)
+    log.info("mastered %s (%d MiB)", shown_path(output), Path(output).stat().st_size >> 20)
 
 
 def _build(iso: _PyCdlib, tree: Path, volid: str, bios: str, catalog: str, efi: str | None,

@@ -16,8 +16,7 @@ an existing DEST unless ``--force-overwrite``.
 
 from __future__ import annotations
 
-from ..iso.reader import IsoReader
-from .plan import BOOTFILES, DEFAULT_PREFIX, PxeOptions
-from .tree import build_tree, make_pxe_tree, publish_tree
+from .plan import BOOTFILES, DEFAULT_PREFIX, IsoFiles, PxeOptions
+from .tree import build_tree, make_pxe_tree
 
-__all__ = ["BOOTFILES", "DEFAULT_PREFIX", "IsoReader", "PxeOptions", "build_tree", "make_pxe_tree", "publish_tree"]
+__all__ = ["BOOTFILES", "DEFAULT_PREFIX", "IsoFiles", "PxeOptions", "build_tree", "make_pxe_tree"]

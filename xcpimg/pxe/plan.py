@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError, UsageError
-from ..iso.reader import IsoReader
+from ..media.reader import IsoReader
 
 log = logging.getLogger("xcpimg.pxe")
 
@@ -64,11 +64,57 @@ class PxeOptions:
         return words
 
 
+class IsoFiles:
+    """The regular files of an open ISO by path (``/boot/xen.gz``): exact, else case-insensitive
+    (plain ISO 9660 names are upper case). A link is refused, never followed."""
+
+    def __init__(self, reader: IsoReader) -> None:
+        self.reader = reader
+        self.path = reader.path
+        self._kinds = {"/" + p: node.kind for p, node in reader.nodes().items()}
+        self._folded: dict[str, str] = {}
+        for p in self._kinds:
+            self._folded.setdefault(p.casefold(), p)
+
+    def find(self, path: str) -> str | None:
+        """The ISO's spelling of *path* when it is a file there, else None."""
+        path = posixpath.normpath("/" + path.lstrip("/"))
+        found = path if path in self._kinds else self._folded.get(path.casefold())
+        if found is not None and self._kinds[found] == "symlink":
+            raise BuildError(f"{self.path}: {found} is a symbolic link (not followed)")
+        return found if found is not None and self._kinds[found] == "file" else None
+
+    def is_file(self, path: str) -> bool:
+        return self.find(path) is not None
+
+    def files(self) -> list[str]:
+        return sorted(p for p, kind in self._kinds.items() if kind == "file")
+
+    def size(self, path: str) -> int:
+        return self.reader.files()[self._need(path).lstrip("/")].size
+
+    def read(self, path: str) -> bytes:
+        return self.reader.read(self._need(path))
+
+    def copy(self, path: str, dest: Path) -> None:
+        """Write the ISO file *path* to *dest* (parents created)."""
+        found = self._need(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            self.reader.copy_to(found, out)
+
+    def _need(self, path: str) -> str:
+        found = self.find(path)
+        if found is None:
+            raise BuildError(f"{self.path}: no file {path}")
+        return found
+
+
 @dataclass
 class Plan:
     """ISO files to copy into the tree (tree path -> ISO path), and what went wrong."""
 
-    iso: IsoReader
+    iso: IsoFiles
     prefix: str
     files: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)

@@ -1,23 +1,18 @@
-"""Writing the tree, and publishing it beside DEST in one step, never over an existing DEST
-unless forced (then by an atomic exchange, so the old tree is never half gone)."""
+"""Writing the tree, published beside DEST in one step (``fsutil.atomic_tree``): never over
+an existing DEST unless forced, and then by an atomic exchange."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import os
 import posixpath
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BuildError, UsageError
-from ..fsutil import remove_tree
-from ..iso.reader import IsoReader
+from ..fsutil import atomic_tree
+from ..media.reader import IsoReader
 from ..run import build_epoch
 from .grub import grub_config
-from .plan import GRUB_DIR, ISOLINUX_CFGS, PXELINUX_DIRS, SYSLINUX_MODULES, TREEINFO, Plan, PxeOptions, log
+from .plan import GRUB_DIR, ISOLINUX_CFGS, PXELINUX_DIRS, SYSLINUX_MODULES, TREEINFO, IsoFiles, Plan, PxeOptions, log
 from .syslinux import pxelinux_config
 
 
@@ -53,10 +48,13 @@ def _uefi_part(plan: Plan, options: PxeOptions, generated: dict[str, bytes]) -> 
 
 
 def build_tree(options: PxeOptions, root: Path) -> Path:
-    """Write the PXE tree for *options* into the new directory *root* (returns *root*)."""
+    """Write the PXE tree for *options* into *root*, an empty directory made if missing."""
     options.check()
-    root.mkdir(mode=0o755)
-    with IsoReader(options.iso) as iso:
+    root.mkdir(mode=0o755, exist_ok=True)
+    if any(root.iterdir()):
+        raise BuildError(f"{root} is not empty")
+    with IsoReader(options.iso) as reader:
+        iso = IsoFiles(reader)
         plan = Plan(iso, options.prefix)
         generated: dict[str, bytes] = {}
         bios = _bios_part(plan, options, generated)
@@ -87,53 +85,6 @@ def _normalise(root: Path) -> None:
     os.utime(root, (epoch, epoch))
 
 
-# -- publishing --------------------------------------------------------------------------
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(dst))
-
-
-def publish_tree(tmp: Path, dest: Path, force: bool) -> None:
-    """Move the finished tree *tmp* to *dest* in one step: never onto an existing *dest*
-    unless *force*, and then by an atomic exchange (the old tree is never half gone), after
-    which the old tree is removed."""
-    try:
-        _renameat2(tmp, dest, _RENAME_NOREPLACE)
-        return
-    except FileExistsError:
-        if not force:
-            raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        if dest.exists() or dest.is_symlink():  # a file system without renameat2 flags
-            if not force:
-                raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)") from None
-        else:
-            os.rename(tmp, dest)
-            return
-    _renameat2(tmp, dest, _RENAME_EXCHANGE)
-    remove_tree(tmp)
-
-
-@contextlib.contextmanager
-def _staging(dest: Path) -> Iterator[Path]:
-    """A hidden scratch path beside *dest* (same file system), removed unless published."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
-    try:
-        yield scratch
-    finally:
-        remove_tree(scratch)
-
-
 def make_pxe_tree(options: PxeOptions) -> Path:
     """Write the PXE tree of *options* at ``options.dest``; returns it."""
     options.check()
@@ -142,12 +93,6 @@ def make_pxe_tree(options: PxeOptions) -> Path:
         raise UsageError("no destination for the PXE tree")
     if not options.iso.is_file():
         raise UsageError(f"ISO not found: {options.iso}")
-    if (dest.exists() or dest.is_symlink()) and not options.force:
-        raise UsageError(f"output {dest} already exists (use --force-overwrite to replace it)")
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"directory of output {dest} does not exist")
-    with _staging(dest) as scratch:
-        tree = build_tree(options, scratch / "tree")
-        publish_tree(tree, dest, options.force)
+    with atomic_tree(dest, options.force) as tmp:  # published in one step, never over DEST unless forced
+        build_tree(options, tmp)
     return dest

@@ -123,7 +123,7 @@ def test_uefi_pxe_from_a_tree_with_answerfile(fixture_iso: Path, tmp_path: Path)
     result = boot(tree, "uefi", "pxe", logdir=tmp_path / "logs")
     assert result.ok and result.cmdline is not None
     words = result.cmdline.split()
-    assert words[-2:] == [f"answerfile={url}", "install"] and "netinstall" in words
+    assert words[:2] == [f"answerfile={url}", "install"] and "netinstall" in words  # right after the kernel
     assert "tftp://10.0.2.2/EFI/xenserver/grubx64.efi... ok" in result.serial_log.read_text(errors="replace")
     _no_vm_left()
 

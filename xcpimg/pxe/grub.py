@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .plan import Plan, PxeOptions, dom0_words, log, resolve
+from .plan import Plan, PxeOptions, edit_kernel_args, log, resolve
 
 _GRUB_LOADERS = {"multiboot2", "multiboot", "module2", "module", "linux", "linuxefi", "linux16",
                  "initrd", "initrdefi", "initrd16", "chainloader"}
@@ -21,13 +21,10 @@ def grub_config(plan: Plan, cfg_path: str, options: PxeOptions) -> str:
     text = plan.iso.read(cfg_path).decode("utf-8", errors="replace")
     out = [f"# Made by xcpimg pxe-tree from {options.iso.name}:{cfg_path} for a network boot:",
            "# GRUB's root is the TFTP server it was loaded from; boot files are under the prefix."]
-    dom0_next = False
     for line in text.splitlines():
         indent = line[:len(line) - len(line.lstrip())]
         words = line.split()
         cmd = words[0] if words else ""
-        if cmd == "menuentry" or cmd == "}":
-            dom0_next = False
         if cmd == "search" or re.match(r"set\s+root=", line.strip()):
             out.append(f"{indent}# (dropped by xcpimg pxe-tree: the root is the TFTP server) {line.strip()}")
             continue
@@ -41,11 +38,6 @@ def grub_config(plan: Plan, cfg_path: str, options: PxeOptions) -> str:
                     files = rest if cmd.startswith("initrd") else rest[:1]
                     new = ["/" + plan.boot_file(resolve(p, "/")) for p in files]
                     rest = new + rest[len(files):]
-                if cmd in ("module2", "module") and dom0_next:
-                    rest = rest[:1] + dom0_words(rest[1:], options)
-                    dom0_next = False
                 line = indent + " ".join([cmd, *opts, *rest])
-            if cmd in ("multiboot2", "multiboot"):
-                dom0_next = True
         out.append(line)
-    return "\n".join(out) + "\n"
+    return edit_kernel_args("\n".join(out) + "\n", options)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError, UsageError
+from ..media import menus
+from ..media.answerfile import GPG_WORDS
 from ..media.reader import IsoReader
 
 log = logging.getLogger("xcpimg.pxe")
@@ -28,8 +30,6 @@ GRUB_DIR = "/EFI/xenserver"
 TREEINFO = "/.treeinfo"
 #: syslinux modules a PXE root always gets when the ISO has them (the docs list them)
 SYSLINUX_MODULES = ("ldlinux.c32", "libcom32.c32", "libutil.c32", "mboot.c32", "menu.c32")
-#: installer words an answerfile replaces (the installer refuses them with one: REFERENCE 4.5)
-GPGCHECK_WORDS = ("no-repo-gpgcheck", "no-gpgcheck")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _URL_RE = re.compile(r"(?:https?|ftp|nfs|file)://\S+")
 
@@ -62,6 +62,18 @@ class PxeOptions:
         if self.answerfile:
             words += [f"answerfile={self.answerfile}", "install"]
         return words
+
+
+def edit_kernel_args(text: str, options: PxeOptions) -> str:
+    """A generated menu with the requested words right after the dom0 kernel of every
+    installer line, by the same edit as the ISO build and unattended media (media.menus);
+    with an answerfile, the gpg-check words the installer would refuse are dropped."""
+    if options.answerfile:
+        text, removed = menus.remove_kernel_words(text, set(GPG_WORDS))
+        if removed:
+            log.warning("pxe-tree: dropped %s (with an answerfile, set %s=\"false\" on its root element "
+                        "instead)", " ".join(sorted(removed)), "/".join(GPG_WORDS[w] for w in sorted(removed)))
+    return menus.add_kernel_args(text, " ".join(options.extra_dom0_words))
 
 
 class IsoFiles:
@@ -147,15 +159,3 @@ def resolve(path: str, base: str) -> str:
     """An ISO path for *path* as a loader config in directory *base* names it."""
     path = re.sub(r"^\([^)]*\)", "", path)  # GRUB device: (cd0)/boot/x, ($root)/x
     return posixpath.normpath(path if path.startswith("/") else posixpath.join(base, path))
-
-
-def dom0_words(words: list[str], options: PxeOptions) -> list[str]:
-    """The dom0 kernel's arguments with the requested words added (gpgcheck words dropped
-    when an answerfile is given: they belong on its root element then)."""
-    if options.answerfile:
-        dropped = [w for w in words if w in GPGCHECK_WORDS]
-        if dropped:
-            log.warning("pxe-tree: dropped %s (with an answerfile, set repo-gpgcheck/gpgcheck=\"false\" "
-                        "on its root element instead)", " ".join(dict.fromkeys(dropped)))
-        words = [w for w in words if w not in GPGCHECK_WORDS]
-    return words + [w for w in options.extra_dom0_words if w not in words]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from .plan import PXELINUX_DIRS, Plan, PxeOptions, dom0_words, log, resolve
+from .plan import PXELINUX_DIRS, Plan, PxeOptions, edit_kernel_args, log, resolve
 
 #: directives naming a text file shown on screen (which may name an image: ``^X file``)
 _DISPLAY_KEYS = {"display"} | {f"f{i}" for i in range(1, 13)}
@@ -69,15 +69,15 @@ def pxelinux_config(plan: Plan, cfg_path: str, options: PxeOptions, generated: d
             line = f"{indent}{words[0]} " + ",".join(plan.boot_file(resolve(p, cfg_dir))
                                                    for p in args[0].split(","))
         elif key == "append" and args:
-            line = f"{indent}{words[0]} {_append(plan, kernel, args, cfg_dir, options)}"
+            line = f"{indent}{words[0]} {_append(plan, kernel, args, cfg_dir)}"
         elif key in ("include", "config") or (key == "menu" and args[:1] == ["include"]):
             log.warning("pxe-tree: %s: %r is not supported in a generated config; left out", cfg_path, line.strip())
             line = f"{indent}# (left out by xcpimg pxe-tree) {line.strip()}"
         out.append(line)
-    return "\n".join(out) + "\n"
+    return edit_kernel_args("\n".join(out) + "\n", options)
 
 
-def _append(plan: Plan, kernel: str, args: list[str], cfg_dir: str, options: PxeOptions) -> str:
+def _append(plan: Plan, kernel: str, args: list[str], cfg_dir: str) -> str:
     if kernel == "mboot.c32":  # Xen --- dom0 kernel --- modules: each segment starts with a file
         segments: list[list[str]] = [[]]
         for word in args:
@@ -85,11 +85,9 @@ def _append(plan: Plan, kernel: str, args: list[str], cfg_dir: str, options: Pxe
                 segments.append([])
             else:
                 segments[-1].append(word)
-        for i, seg in enumerate(segments):
+        for seg in segments:
             if seg:
                 seg[0] = plan.boot_file(resolve(seg[0], cfg_dir))
-            if i == 1 and len(segments) > 1:
-                segments[i] = seg[:1] + dom0_words(seg[1:], options)
         return " --- ".join(" ".join(seg) for seg in segments)
     out = []
     for word in args:

@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_boot.py [--repeat 3] [--spec 8.3:testing] [--modes bios-cd,uefi-usb]
 
 Builds (or reuses) an ISO from the embedded fixture repository with the probe
-initrd as install.img, boots it --repeat times in each mode, and prints the
-median time from VM start to bootloader, hypervisor, kernel and init.
+initrd as install.img, boots it --repeat times in each mode (the PXE modes
+network-boot its PXE tree), and prints the median time from VM start to
+bootloader, hypervisor, kernel and init.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from xcpimg.boot import BOOT_MODES, boot, boot_mode  # noqa: E402
+from xcpimg.boot.accel import choose_accel  # noqa: E402
 from xcpimg.fixture_repo import ensure_fixture_repo  # noqa: E402
 from xcpimg.iso.build import IsoOptions, build_iso  # noqa: E402
 from xcpimg.layers import resolve  # noqa: E402
 from xcpimg.probe import build_probe_initrd  # noqa: E402
-from xcpimg.qemu import BOOT_MODES, boot, boot_mode, choose_accel  # noqa: E402
 from xcpimg.repos import RepoConfig  # noqa: E402
 from xcpimg.stages import STAGES  # noqa: E402
 
@@ -46,8 +48,8 @@ def main() -> int:
         print(f"accel: {choose_accel()}, repeat {args.repeat}")
         print(f"{'mode':10}" + "".join(f"{s:>12}" for s in STAGES) + f"{'total':>10}")
         for mode in args.modes.split(","):
-            firmware, media, no_eltorito = boot_mode(mode)
-            runs = [boot(iso, firmware, media, logdir=work / f"{mode}-{i}", no_eltorito=no_eltorito)
+            bm = boot_mode(mode)
+            runs = [boot(iso, bm.firmware, bm.media, logdir=work / f"{mode}-{i}", no_eltorito=bm.no_eltorito)
                     for i in range(args.repeat)]
             medians = [statistics.median(r.reached[s] for r in runs) if all(s in r.reached for r in runs)
                        else float("nan") for s in STAGES]

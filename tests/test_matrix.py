@@ -8,6 +8,7 @@ boots through its init system to the installer's first screen on the serial cons
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from xcpimg.pytest_plugin import MatrixConfig, RepoSource, boot_and_check, build
 
 @pytest.mark.boot
 def test_iso_boots_to_installer_init(xcp_config: MatrixConfig, boot_mode: str, xcp_iso: Path,
-                                     boot_logdir: Path) -> None:
-    boot_and_check(xcp_iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-probe")
+                                     boot_logdir: Path, record_property: Callable[[str, object], None]) -> None:
+    boot_and_check(xcp_iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-probe",
+                   record=record_property)
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +41,10 @@ def built_installimg(xcp_config: MatrixConfig, repo_source: RepoSource,
 @pytest.mark.boot
 def test_built_installimg_iso_boots(xcp_config: MatrixConfig, boot_mode: str, built_installimg: Path,
                                     repo_source: RepoSource, tmp_path_factory: pytest.TempPathFactory,
-                                    boot_logdir: Path) -> None:
+                                    boot_logdir: Path, record_property: Callable[[str, object], None]) -> None:
     iso = build_matrix_iso(xcp_config, repo_source, built_installimg, tmp_path_factory, "installimg")
     result = boot_and_check(iso, boot_mode, xcp_config, boot_logdir, f"{xcp_config.slug}-installimg",
-                            until="installer")
+                            until="installer", record=record_property)
     assert result.installer is not None
     brand, version, _kernel = result.installer
     assert version.startswith(xcp_config.dist), f"the installer says version {version}, the ISO is {xcp_config.dist}"
@@ -73,8 +75,8 @@ def test_installimg_without_installer_fails_at_init(xcp_config: MatrixConfig, bu
                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     """An install.img whose init never starts the installer: the boot fails with `installer` not
     reached, `init` named as the last stage, within the installer stage's own time budget."""
+    from xcpimg.boot import boot
     from xcpimg.errors import BootError
-    from xcpimg.qemu import boot
     img = without_installer(built_installimg, tmp_path / "install.img", tmp_path)
     iso = build_matrix_iso(xcp_config, repo_source, img, tmp_path_factory, "no-installer")
     with pytest.raises(BootError) as info:

@@ -12,6 +12,8 @@ from xcpimg.pytest_plugin import (
     detect_layout,
     expected_cmdline_words,
     failure_details,
+    file_sha256,
+    matrix_modes,
     shared_build,
 )
 
@@ -45,6 +47,20 @@ def test_repo_source_urls() -> None:
     assert RepoSource("http://h/x", "flat", None).srcurl("8.2") == "http://h/x/8.2"
     assert major.repo_config("8.3:testing").layer_srcurls == {}
     assert major.repo_config("8.3:linstor:testing").layer_srcurls == {"linstor": "file:///l/8/8.3"}
+
+
+def test_matrix_modes_add_pxe_for_83_full_and_netinstall_only() -> None:
+    disk = ["bios-cd", "bios-usb", "uefi-cd", "uefi-usb"]
+    assert matrix_modes(MatrixConfig("8.3:testing"), None) == [*disk, "bios-pxe", "uefi-pxe"]
+    assert matrix_modes(MatrixConfig("8.3:testing", True), None) == [*disk, "bios-pxe", "uefi-pxe"]
+    assert matrix_modes(MatrixConfig("8.2:updates"), None) == disk
+    assert matrix_modes(MatrixConfig("8.3:base"), None) == disk
+    assert matrix_modes(MatrixConfig("8.2:updates"), ["uefi-pxe"]) == ["uefi-pxe"]  # given: for every config
+
+
+def test_file_sha256(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 INNER = """

@@ -16,10 +16,10 @@ import os
 import time
 from pathlib import Path
 
+from .boot import DISK_BOOT_MODES, boot, boot_mode
 from .errors import BootError, UsageError
 from .fixture_repo import ensure_fixture_repo
 from .layers import resolve
-from .qemu import BOOT_MODES, boot, boot_mode
 from .repos import RepoConfig
 
 log = logging.getLogger("xcpimg.demo")
@@ -28,7 +28,8 @@ log = logging.getLogger("xcpimg.demo")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outdir", type=Path, default=Path("out"), help="where the ISO and logs go (default ./out)")
     parser.add_argument("--spec", default="8.3:testing", help="layer spec to build (default 8.3:testing)")
-    parser.add_argument("--modes", default=",".join(BOOT_MODES), help=f"boot modes (default {','.join(BOOT_MODES)})")
+    parser.add_argument("--modes", default=",".join(DISK_BOOT_MODES),
+                        help=f"boot modes (default {','.join(DISK_BOOT_MODES)}; also bios-pxe, uefi-pxe)")
     parser.add_argument("--installimg", choices=("auto", "probe", "build"), default="auto",
                         help="install.img to put on the ISO: a real build (root; boots to the installer), "
                              "the probe initrd (boots to its init); default: build when root")
@@ -83,10 +84,10 @@ def command(args: argparse.Namespace) -> int:
     print("4. boot in QEMU", flush=True)
     failed = 0
     for mode in modes:
-        firmware, media, no_eltorito = boot_mode(mode)
+        bm = boot_mode(mode)
         try:
-            result = boot(iso, firmware=firmware, media=media, until=until, logdir=outdir / f"boot-{mode}",
-                          no_eltorito=no_eltorito)
+            result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=outdir / f"boot-{mode}",
+                          no_eltorito=bm.no_eltorito)
         except BootError as exc:
             failed += 1
             print(f"  {mode:9} FAILED: {exc}", flush=True)

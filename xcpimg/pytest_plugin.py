@@ -11,19 +11,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
+from .boot import BOOT_MODES, DISK_BOOT_MODES, PXE_BOOT_MODES, BootResult
 from .fsutil import remove_tree
 from .layers import resolve
-from .qemu import BOOT_MODES, BootResult
 from .repos import RepoConfig, as_url
 
 DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
 EXPENSIVE_CONFIGS = ("8.2:updates", "8.3:testing")
 EXPENSIVE_BOOT_MODES = ("bios-cd", "uefi-usb")
+#: configurations the default matrix also network-boots (PXE_BOOT_MODES); the others get
+#: the four disk modes only, which keeps the default matrix's boot count (and CI time) bounded
+PXE_CONFIGS = ("8.3:testing", "8.3:testing@netinstall")
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="do not check the signatures of the --repo-root packages (env XCPTEST_NOGPGCHECK=1)")
     group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall]",
                     help=f"layer spec to build and boot (repeatable; default {' '.join(DEFAULT_CONFIGS)})")
-    group.addoption("--boot-modes", default=",".join(BOOT_MODES), metavar="MODES",
-                    help=f"comma-separated boot modes (default {','.join(BOOT_MODES)})")
+    group.addoption("--boot-modes", default=None, metavar="MODES",
+                    help=f"comma-separated boot modes, each run for every configuration (known: "
+                         f"{','.join(BOOT_MODES)}; default: {','.join(DISK_BOOT_MODES)}, plus "
+                         f"{','.join(PXE_BOOT_MODES)} for {' and '.join(PXE_CONFIGS)})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -128,12 +134,23 @@ def _configs(config: pytest.Config) -> list[MatrixConfig]:
     return [MatrixConfig.parse(c) for c in (config.getoption("xcp_config") or DEFAULT_CONFIGS)]
 
 
-def _boot_modes(config: pytest.Config) -> list[str]:
-    modes = [m.strip() for m in config.getoption("boot_modes").split(",") if m.strip()]
+def _boot_modes(config: pytest.Config) -> list[str] | None:
+    """The modes given with --boot-modes, or None for the default matrix."""
+    option = config.getoption("boot_modes")
+    if option is None:
+        return None
+    modes = [m.strip() for m in option.split(",") if m.strip()]
     bad = [m for m in modes if m not in BOOT_MODES]
     if bad:
         raise pytest.UsageError(f"--boot-modes: unknown mode {bad[0]!r} (known: {', '.join(BOOT_MODES)})")
     return modes
+
+
+def matrix_modes(cfg: MatrixConfig, chosen: list[str] | None) -> list[str]:
+    """Boot modes of *cfg*: all *chosen* ones, or by default the disk modes, plus PXE for PXE_CONFIGS."""
+    if chosen is not None:
+        return chosen
+    return list(BOOT_MODES if cfg.label in PXE_CONFIGS else DISK_BOOT_MODES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -141,17 +158,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     expensive = metafunc.definition.get_closest_marker("expensive") is not None
     explicit = {name for m in metafunc.definition.iter_markers("parametrize")
                 for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
-    if "xcp_config" in metafunc.fixturenames and "xcp_config" not in explicit:
-        configs = _configs(metafunc.config)
-        if expensive:
-            wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]
-            configs = [c for c in configs if c in wanted] or wanted
+    configs = _configs(metafunc.config)
+    if expensive:
+        wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]
+        configs = [c for c in configs if c in wanted] or wanted
+    chosen = _boot_modes(metafunc.config)
+
+    def modes(cfg: MatrixConfig) -> list[str]:
+        found = matrix_modes(cfg, chosen)
+        return [m for m in found if m in EXPENSIVE_BOOT_MODES] if expensive else found
+    names = [n for n in metafunc.fixturenames if n not in explicit]
+    if "xcp_config" in names and "boot_mode" in names:
+        pairs = [(c, m) for c in configs for m in modes(c)]
+        metafunc.parametrize(("xcp_config", "boot_mode"), pairs, ids=[f"{c.label}-{m}" for c, m in pairs],
+                             scope="session")
+    elif "xcp_config" in names:
         metafunc.parametrize("xcp_config", configs, ids=[c.label for c in configs], scope="session")
-    if "boot_mode" in metafunc.fixturenames:
-        modes = _boot_modes(metafunc.config)
-        if expensive:
-            modes = [m for m in modes if m in EXPENSIVE_BOOT_MODES]
-        metafunc.parametrize("boot_mode", modes)
+    elif "boot_mode" in names:
+        metafunc.parametrize("boot_mode", chosen if chosen is not None else list(BOOT_MODES))
 
 
 # ---------------------------------------------------------------- shared builds
@@ -251,18 +275,48 @@ def failure_details(logdir: Path) -> str:
             f"serial log: {logdir / 'serial.log'}\nscreendump: {', '.join(shots)}")
 
 
+@lru_cache(maxsize=16)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    from .media.reader import sha256_file
+    return sha256_file(path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of *path* (computed once per version of the file)."""
+    st = path.stat()
+    return _sha256(path, st.st_size, st.st_mtime_ns)
+
+
 def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label: str,
-                   until: str = "init") -> BootResult:
+                   until: str = "init", record: Callable[[str, object], None] | None = None) -> BootResult:
     """Boot *iso* in *mode* to *until* (``init`` for the probe initrd, ``installer`` for a real
-    install.img) and check the kernel command line the boot reported."""
+    install.img) and check the kernel command line the boot reported.
+
+    *record* (pytest's ``record_property``) receives the ISO's sha256, the accel and the
+    seconds to each stage reached, for ``--junitxml`` reports, whether the boot succeeds or not.
+    """
+    from .boot import BootFailure, boot, boot_mode
     from .errors import BootError
-    from .qemu import boot, boot_mode
-    firmware, media, no_eltorito = boot_mode(mode)
+    bm = boot_mode(mode)
     where = logdir / f"{label}-{mode}"
+    if record:
+        record("iso_sha256", file_sha256(iso))
     try:
-        result = boot(iso, firmware=firmware, media=media, until=until, logdir=where, no_eltorito=no_eltorito)
+        result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=where,
+                      no_eltorito=bm.no_eltorito)
     except BootError as exc:
+        if record and isinstance(exc, BootFailure):
+            _record_stages(record, exc.result)
         pytest.fail(f"{cfg.label} {mode}: {exc}\n{failure_details(where)}", pytrace=False)
+    if record:
+        _record_stages(record, result)
     missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
     assert not missing, f"{cfg.label} {mode}: kernel command line {result.cmdline!r} lacks {missing}"
     return result
+
+
+def _record_stages(record: Callable[[str, object], None], result: BootResult) -> None:
+    record("accel", result.accel)
+    for stage, seconds in result.reached.items():
+        record(f"stage_{stage}_s", seconds)
+    record("boot_s", result.seconds)

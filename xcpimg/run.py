@@ -30,7 +30,7 @@ TOOL_PACKAGES = {
     "genisoimage": "genisoimage", "isohybrid": "syslinux-utils", "xorriso": "xorriso",
     "sgdisk": "gdisk", "lftp": "lftp", "depmod": "kmod", "systemctl": "systemd",
     "apt-get": "apt", "dpkg-deb": "dpkg", "cpio": "cpio", "bzip2": "bzip2", "pbzip2": "pbzip2",
-    "xz": "xz-utils", "zstd": "zstd", "isoinfo": "genisoimage", "patch": "patch",
+    "xz": "xz-utils", "zstd": "zstd", "isoinfo": "genisoimage", "patch": "patch", "setpriv": "util-linux",
 }
 
 

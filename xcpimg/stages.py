@@ -86,6 +86,17 @@ FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str], str | None], ...] = tuple(
         ("GRUB error", r"error: you need to load the kernel first", "hypervisor"),
         ("GRUB error", r"error: (?:invalid magic number|out of memory)", "hypervisor"),
         ("GRUB rescue prompt", r"grub rescue>", "hypervisor"),
+        # GRUB's command line (normal mode without a grub.cfg): what a GRUB image without
+        # efinet/tftp shows after a network boot, as it cannot read (tftp)/EFI/xenserver/grub.cfg
+        ("GRUB read no grub.cfg and stopped at its command line (over PXE: efinet and tftp "
+         "missing from the GRUB image?)", r"Minimal BASH-like line editing is supported", "hypervisor"),
+        # network boot (iPXE ROMs, pxelinux)
+        ("network boot program not found on the TFTP server",
+         r"tftp://\S+\.\.\. ?(?:No such file|Permission denied|Operation not permitted)", "bootloader"),
+        ("network boot program not found on the TFTP server", r"PXE-E23: Client received TFTP error", "bootloader"),
+        ("network boot found no server or boot program", r"No more network devices", "bootloader"),
+        ("firmware network boot failed", r"PXE-E\d\d: .+", "bootloader"),
+        ("pxelinux found no pxelinux.cfg", r"Unable to locate configuration file", "hypervisor"),
         ("Xen panic", r"Panic on CPU \d+", None),
         ("Xen dom0 crashed", r"Hardware Dom0 crashed", None),
         ("KVM failed", r"KVM internal error", None),

@@ -39,9 +39,10 @@ PXELINUX_FILES = ("pxelinux.0", "mboot.c32", "menu.c32")
 #: syslinux 6 libraries: without them a syslinux-6 ISO stops at "Failed to load ldlinux.c32"
 SYSLINUX6_LIBS = ("ldlinux.c32", "libcom32.c32", "libutil.c32")
 #: GRUB modules built into the image in mkimage mode, so it boots without loading modules
+#: (efinet, net and tftp: so it also boots over the network, reading grub.cfg over TFTP)
 GRUB_BUILTIN = ("part_gpt", "part_msdos", "part_apple", "iso9660", "normal", "configfile", "multiboot2",
                 "gzio", "search", "search_fs_file", "serial", "terminal", "ext2", "fat", "echo", "test",
-                "all_video")
+                "all_video", "efinet", "net", "tftp")
 GRUB_PREFIX = "()/EFI/xenserver"
 
 

@@ -306,3 +306,12 @@ def test_installer_screen_cut_by_a_chunk_is_read_whole() -> None:
     w2 = ConsoleWatcher(clock=Clock())
     w2.feed("Welcome to XCP-ng - Version 8.2.1\r\n")  # a screen without the kernel part, line complete
     assert w2.installer == ("XCP-ng", "8.2.1", "")
+
+
+@pytest.mark.parametrize("cut", ["Version 8.3", "Version 8.3 (Ker", "Version 8.3 (Kernel 6.1.0-5"])
+def test_installer_screen_waits_for_the_kernel_part(cut: str) -> None:
+    w = ConsoleWatcher(clock=Clock())
+    w.feed("Welcome to XCP-ng - " + cut)
+    assert not w.has_reached("installer")
+    w.feed("Version 8.3 (Kernel 6.1.0-57-amd64)"[len(cut):] + "\x1b[K")
+    assert w.installer == ("XCP-ng", "8.3", "6.1.0-57-amd64")

@@ -297,7 +297,13 @@ class ConsoleWatcher:
         found = pattern.search(line)
         if found is None or complete or pattern is not INSTALLER_WELCOME:
             return found is not None
-        return found.group(3) is not None or found.end() < len(line)
+        if found.group(3) is not None:
+            return True
+        rest = line[found.end():]
+        kernel = " (Kernel "
+        if kernel.startswith(rest) or (rest.startswith(kernel) and ")" not in rest):
+            return False  # the "(Kernel ...)" part may still be coming
+        return True
 
     def _warn(self, line: str) -> None:
         for benign in BENIGN_PATTERNS:

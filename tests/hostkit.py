@@ -14,22 +14,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+from xcpimg.pytest_plugin import need, need_root  # noqa: F401 - one skip-or-fail mechanism, shared with the matrix
 
 NOBODY = 65534
 
 
 def in_ci() -> bool:
     return bool(os.environ.get("CI"))
-
-
-def need(ok: bool, what: str) -> None:
-    """Skip the calling test unless *ok*; under CI fail it instead."""
-    if ok:
-        return
-    if in_ci():
-        pytest.fail(f"CI: {what} (run ./quickstart setup; CI must not skip tests)", pytrace=False)
-    pytest.skip(what)
 
 
 def need_tool(*tools: str) -> str:
@@ -44,11 +35,6 @@ def need_tool(*tools: str) -> str:
 def need_file(path: Path, package: str) -> None:
     """*path* exists (it comes from the Debian package *package*)."""
     need(path.exists(), f"{path} is missing (Debian package {package})")
-
-
-def need_root(why: str) -> None:
-    """The test runs as root (CI does)."""
-    need(os.geteuid() == 0, f"needs root: {why}")
 
 
 def unprivileged(argv: Sequence[str | os.PathLike[str]]) -> list[str]:

@@ -24,6 +24,12 @@ def test_matrix_config_parsing() -> None:
     assert MatrixConfig.parse("8.2:updates") == MatrixConfig("8.2:updates", False)
     with pytest.raises(pytest.UsageError, match="unknown flavour"):
         MatrixConfig.parse("8.3@full")
+    unattended = MatrixConfig.parse("8.3:testing@unattended", ("/srv/layers/mylayer",))
+    assert (unattended.flavour, unattended.netinstall) == ("unattended", False)
+    assert unattended.layer_spec == "8.3:/srv/layers/mylayer:testing"  # right after the dist: its files win
+    assert unattended.label == "8.3:testing@unattended+mylayer"
+    assert "/" not in unattended.slug and ":" not in unattended.slug
+    assert MatrixConfig.parse("8.3", ("/l",)).layer_spec == "8.3:/l"
 
 
 def _repomd(root: Path) -> None:
@@ -149,9 +155,9 @@ def test_matrix_runs_against_a_mirror_repo_layout(tmp_path: Path) -> None:
     flat.mkdir()
     (flat / "8.3").symlink_to(fixture.root / "8/8.3")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).parent / "test_matrix.py"), "-m", "not expensive",
+        [sys.executable, "-m", "pytest", "--pyargs", "xcpimg.matrix", "-m", "not expensive",
          "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path / 'inner'}", "--repo-root", flat.as_uri(),
          "--repo-gpgkey", str(fixture.gpgkey_path), "--xcp-config", "8.3:base", "--boot-modes", "bios-cd"],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("xcpimg.media.diff", "compare two installation ISOs (exit 0 equal, 1 different)"),
     "remaster": ("xcpimg.media.remaster", "rebuild an ISO with changes, keeping its boot layout"),
     "release": ("xcpimg.media.release", "build a release's install.img and ISOs, with SHA256SUMS and manifest"),
+    "test": ("xcpimg.matrix.cli", "run the build-and-boot matrix (pytest) and print its result table"),
 }
 
 log = logging.getLogger("xcpimg")
@@ -57,7 +58,11 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 
 def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    """The parser; with *only*, just that command's module is imported (faster start-up)."""
+    """The parser; with *only*, just that command's module is imported (faster start-up).
+
+    A module with ``ACCEPTS_UNKNOWN = True`` gets the arguments it does not define in
+    ``args.unknown`` (``xcpimg test`` hands them to pytest); for the others they are errors.
+    """
     parser = argparse.ArgumentParser(prog="xcpimg", description="Build and verify XCP-ng installation media.")
     parser.add_argument("--version", action="version", version=f"xcpimg {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -74,6 +79,7 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
         p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip().splitlines()[0])
         p.add_argument("-v", "--verbose", action="store_true", help="show every external command run")
         mod.add_arguments(p)
+        p.set_defaults(accepts_unknown=bool(getattr(mod, "ACCEPTS_UNKNOWN", False)))
         handlers[name] = mod.command
     return parser, handlers
 
@@ -92,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
     first = args_in[0] if args_in else None
     parser, handlers = build_parser(first if first in COMMANDS else None)
-    args = parser.parse_args(args_in)
+    args, unknown = parser.parse_known_args(args_in)
+    if unknown and not getattr(args, "accepts_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown = unknown
     if not args.cmd:
         parser.print_help(sys.stderr)
         return 2

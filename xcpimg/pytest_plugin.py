@@ -22,39 +22,58 @@ from .fsutil import remove_tree
 from .layers import resolve
 from .repos import RepoConfig, as_url
 
-DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall")
+DEFAULT_CONFIGS = ("8.2:updates", "8.2:testing", "8.3:base", "8.3:testing", "8.3:testing@netinstall",
+                   "8.3:testing@unattended")
 EXPENSIVE_CONFIGS = ("8.2:updates", "8.3:testing")
 EXPENSIVE_BOOT_MODES = ("bios-cd", "uefi-usb")
 #: configurations the default matrix also network-boots (PXE_BOOT_MODES); the others get
 #: the four disk modes only, which keeps the default matrix's boot count (and CI time) bounded
 PXE_CONFIGS = ("8.3:testing", "8.3:testing@netinstall")
+#: the default modes of unattended media: one BIOS and one UEFI path (the media differ from the
+#: full ISO's only in install.img and the boot lines, which every mode reads the same way)
+UNATTENDED_BOOT_MODES = ("bios-cd", "uefi-usb")
 
 
 @dataclass(frozen=True)
 class MatrixConfig:
-    """One ISO of the matrix: a layer spec, optionally as netinstall media."""
+    """One ISO of the matrix: a layer spec, full, netinstall or unattended (an answerfile in
+    install.img), with the downstream overlay layers (--xcp-layer) laid over it."""
 
     spec: str
     netinstall: bool = False
+    unattended: bool = False
+    overlays: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> MatrixConfig:
+    def parse(cls, text: str, overlays: tuple[str, ...] = ()) -> MatrixConfig:
         spec, _, flavour = text.partition("@")
-        if flavour not in ("", "netinstall"):
-            raise pytest.UsageError(f"--xcp-config {text!r}: unknown flavour {flavour!r} (only @netinstall)")
-        return cls(spec, flavour == "netinstall")
+        if flavour not in ("", "netinstall", "unattended"):
+            raise pytest.UsageError(f"--xcp-config {text!r}: unknown flavour {flavour!r} "
+                                    "(@netinstall or @unattended)")
+        return cls(spec, flavour == "netinstall", flavour == "unattended", overlays)
 
     @property
     def dist(self) -> str:
         return self.spec.split(":")[0]
 
     @property
+    def flavour(self) -> str:
+        return "netinstall" if self.netinstall else "unattended" if self.unattended else "full"
+
+    @property
+    def layer_spec(self) -> str:
+        """The layer search path built: the overlays right after the dist, so their files win."""
+        dist, _, rest = self.spec.partition(":")
+        return ":".join([dist, *self.overlays, *([rest] if rest else [])])
+
+    @property
     def label(self) -> str:
-        return self.spec + ("@netinstall" if self.netinstall else "")
+        return (self.spec + ("" if self.flavour == "full" else f"@{self.flavour}")
+                + "".join(f"+{Path(o).name}" for o in self.overlays))
 
     @property
     def slug(self) -> str:
-        return self.label.replace(":", "_").replace("@", "-").replace("/", "_")
+        return self.label.replace(":", "_").replace("@", "-").replace("/", "_").replace("+", "-")
 
 
 @dataclass(frozen=True)
@@ -72,7 +91,7 @@ class RepoSource:
         return f"{self.root}/{major}/{major}.{minor}" if self.layout == "major" else f"{self.root}/{dist}"
 
     def repo_config(self, spec: str) -> RepoConfig:
-        """Repositories for the layer spec *spec*, pointing at this source."""
+        """Repositories for the layer spec *spec* (a MatrixConfig's layer_spec), pointing at this source."""
         layers = resolve(spec)
         layer_urls = {}
         if self.linstor_root and "linstor" in layers.names:
@@ -117,8 +136,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repo-nogpgcheck", action="store_true",
                     default=os.environ.get("XCPTEST_NOGPGCHECK", "") not in ("", "0"),
                     help="do not check the signatures of the --repo-root packages (env XCPTEST_NOGPGCHECK=1)")
-    group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall]",
+    group.addoption("--xcp-config", action="append", default=[], metavar="SPEC[@netinstall|@unattended]",
                     help=f"layer spec to build and boot (repeatable; default {' '.join(DEFAULT_CONFIGS)})")
+    group.addoption("--xcp-layer", action="append", default=[], metavar="PATH",
+                    help="a downstream overlay layer laid over every configuration, right after its dist "
+                         "(repeatable; env XCPTEST_LAYERS, paths separated by ':')")
+    group.addoption("--xcp-report", default=None, metavar="FILE",
+                    help="write the boot results (configuration, mode, outcome, stage times, logs) as JSON")
     group.addoption("--boot-modes", default=None, metavar="MODES",
                     help=f"comma-separated boot modes, each run for every configuration (known: "
                          f"{','.join(BOOT_MODES)}; default: {','.join(DISK_BOOT_MODES)}, plus "
@@ -128,10 +152,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "expensive: builds install.img (needs root, slow)")
     config.addinivalue_line("markers", "boot: boots media in QEMU")
+    overlay_layers(config)  # a layer that does not exist is a usage error before collection
+
+
+def overlay_layers(config: pytest.Config) -> tuple[str, ...]:
+    """The --xcp-layer paths (else $XCPTEST_LAYERS), absolute; a path that is no directory is a usage error."""
+    given = list(config.getoption("xcp_layer")) or [
+        p for p in os.environ.get("XCPTEST_LAYERS", "").split(os.pathsep) if p]
+    out = []
+    for path in given:
+        if not Path(path).is_dir():
+            raise pytest.UsageError(f"--xcp-layer {path}: no such layer directory")
+        out.append(str(Path(path).resolve()))
+    return tuple(out)
 
 
 def _configs(config: pytest.Config) -> list[MatrixConfig]:
-    return [MatrixConfig.parse(c) for c in (config.getoption("xcp_config") or DEFAULT_CONFIGS)]
+    overlays = overlay_layers(config)
+    return [MatrixConfig.parse(c, overlays) for c in (config.getoption("xcp_config") or DEFAULT_CONFIGS)]
 
 
 def _boot_modes(config: pytest.Config) -> list[str] | None:
@@ -150,7 +188,10 @@ def matrix_modes(cfg: MatrixConfig, chosen: list[str] | None) -> list[str]:
     """Boot modes of *cfg*: all *chosen* ones, or by default the disk modes, plus PXE for PXE_CONFIGS."""
     if chosen is not None:
         return chosen
-    return list(BOOT_MODES if cfg.label in PXE_CONFIGS else DISK_BOOT_MODES)
+    if cfg.unattended:
+        return list(UNATTENDED_BOOT_MODES)
+    plain = MatrixConfig(cfg.spec, cfg.netinstall, cfg.unattended)
+    return list(BOOT_MODES if plain.label in PXE_CONFIGS else DISK_BOOT_MODES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -160,7 +201,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
     configs = _configs(metafunc.config)
     if expensive:
-        wanted = [MatrixConfig.parse(c) for c in EXPENSIVE_CONFIGS]
+        wanted = [MatrixConfig.parse(c, overlay_layers(metafunc.config)) for c in EXPENSIVE_CONFIGS]
         configs = [c for c in configs if c in wanted] or wanted
     chosen = _boot_modes(metafunc.config)
 
@@ -243,18 +284,27 @@ def build_matrix_iso(cfg: MatrixConfig, source: RepoSource, install_img: Path,
     from .iso.build import IsoOptions, build_iso
 
     def build(out: Path) -> None:
-        volid = f"XCPNG_{cfg.dist.replace('.', '')}_{'NET' if cfg.netinstall else 'FULL'}"
-        build_iso(IsoOptions(layers=resolve(cfg.spec), install_img=install_img, output=out, volid=volid,
-                             repo_config=source.repo_config(cfg.spec),
-                             netinstall=cfg.netinstall, force=True))
+        volid = f"XCPNG_{cfg.dist.replace('.', '')}_{cfg.flavour[:4].upper()}"
+        answerfile = None
+        if cfg.unattended:
+            from .media.answerfile import SAMPLE
+            answerfile = shared_dir(tmp_path_factory) / "answerfile.xml"
+            if not answerfile.exists():
+                answerfile.write_bytes(SAMPLE)
+        build_iso(IsoOptions(layers=resolve(cfg.layer_spec), install_img=install_img, output=out, volid=volid,
+                             repo_config=source.repo_config(cfg.layer_spec),
+                             netinstall=cfg.netinstall, answerfile=answerfile, force=True))
     return shared_build(tmp_path_factory, f"{cfg.slug}-{flavour}.iso", build)
 
 
 def expected_cmdline_words(cfg: MatrixConfig) -> list[str]:
-    """Words the installer's /proc/cmdline must hold for *cfg*."""
+    """Words the installer's command line must hold for *cfg* (an unattended one must also lack
+    the gpg-check words, which moved into its answerfile: see check_unattended)."""
     from .iso.build import installer_bootargs
-    words = ["netinstall" if cfg.netinstall else "no-repo-gpgcheck"]
-    return words + installer_bootargs(resolve(cfg.spec)).split()
+    from .media.answerfile import URL
+    words = {"full": ["no-repo-gpgcheck"], "netinstall": ["netinstall"],
+             "unattended": [f"answerfile={URL}", "install"]}[cfg.flavour]
+    return words + installer_bootargs(resolve(cfg.layer_spec)).split()
 
 
 @pytest.fixture(scope="session")
@@ -300,6 +350,9 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     bm = boot_mode(mode)
     where = logdir / f"{label}-{mode}"
     if record:
+        record("xcp_config", cfg.label)
+        record("boot_mode", mode)
+        record("logdir", str(where))
         record("iso_sha256", file_sha256(iso))
     try:
         result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=where,
@@ -312,6 +365,11 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
         _record_stages(record, result)
     missing = [w for w in expected_cmdline_words(cfg) if w not in (result.cmdline or "").split()]
     assert not missing, f"{cfg.label} {mode}: kernel command line {result.cmdline!r} lacks {missing}"
+    if cfg.unattended:
+        from .media.answerfile import check_unattended
+        problems = check_unattended(Path(result.serial_log).read_text(errors="replace"), result.cmdline,
+                                    "installation")
+        assert not problems, f"{cfg.label} {mode}: {'; '.join(problems)}"
     return result
 
 
@@ -320,3 +378,54 @@ def _record_stages(record: Callable[[str, object], None], result: BootResult) ->
     for stage, seconds in result.reached.items():
         record(f"stage_{stage}_s", seconds)
     record("boot_s", result.seconds)
+
+
+# ---------------------------------------------------------------- host prerequisites
+
+def need(ok: bool, what: str) -> None:
+    """Skip the calling test unless *ok*; when the environment variable CI is set, fail it
+    instead, so a CI run never silently tests less."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {what} (install what the tests need; CI must not skip tests)", pytrace=False)
+    pytest.skip(what)
+
+
+def need_root(why: str) -> None:
+    """The test runs as root (building install.img needs it)."""
+    need(os.geteuid() == 0, f"needs root: {why}")
+
+
+# ---------------------------------------------------------------- the results report
+
+#: properties a boot test records (record_property) that the report keeps
+REPORT_KEYS = ("xcp_config", "boot_mode", "logdir", "iso_sha256", "accel", "boot_s")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the boot tests' results (with xdist: on the controller, which gets every report)."""
+    props = dict(report.user_properties)
+    if "xcp_config" not in props or (report.when != "call" and report.outcome == "passed"):
+        return
+    results: dict[str, dict[str, object]] = _RESULTS
+    entry = results.setdefault(report.nodeid, {"test": report.nodeid})
+    entry.update({k: props[k] for k in REPORT_KEYS if k in props})
+    entry["stages"] = {k[len("stage_"):-len("_s")]: v for k, v in props.items()
+                       if k.startswith("stage_") and k.endswith("_s")}
+    if report.outcome != "passed" or "outcome" not in entry:
+        entry["outcome"] = report.outcome
+        if report.failed:
+            entry["reason"] = str(report.longrepr).strip().splitlines()[0][:300] if report.longrepr else ""
+
+
+_RESULTS: dict[str, dict[str, object]] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write --xcp-report (on the controller: xdist workers have their own copy of this module)."""
+    path = session.config.getoption("xcp_report", None)
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import json
+    Path(path).write_text(json.dumps(sorted(_RESULTS.values(), key=lambda e: str(e["test"])), indent=1) + "\n")

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hostkit import need_root
 
-from xcpimg.pytest_plugin import MatrixConfig, RepoSource, boot_and_check, build_matrix_iso, shared_build
+from xcpimg.pytest_plugin import MatrixConfig, RepoSource, boot_and_check, build_matrix_iso, need_root, shared_build
 
 
 @pytest.mark.boot
@@ -33,7 +32,8 @@ def built_installimg(xcp_config: MatrixConfig, repo_source: RepoSource,
     from xcpimg.layers import resolve
 
     def build(out: Path) -> None:
-        build_installimg(resolve(xcp_config.spec), repo_source.repo_config(xcp_config.spec), out, force=True)
+        build_installimg(resolve(xcp_config.layer_spec), repo_source.repo_config(xcp_config.layer_spec), out,
+                         force=True)
     return shared_build(tmp_path_factory, f"{xcp_config.slug}-install.img", build)
 
 

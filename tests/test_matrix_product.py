@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from xcpimg.matrix import cli as matrix_cli
 from xcpimg.pytest_plugin import DEFAULT_CONFIGS
 
 XCPIMG = [sys.executable, "-m", "xcpimg.cli"]
+#: the environment of a new pytest session (this test may run in an xdist worker, whose variables say so)
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
 
 
 def outside(tmp_path: Path) -> Path:
@@ -26,7 +29,7 @@ def outside(tmp_path: Path) -> Path:
 def test_matrix_collects_from_anywhere(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "xcpimg.matrix", "--collect-only", "-q",
                            "-p", "no:cacheprovider"], cwd=outside(tmp_path), capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     ids = [line for line in proc.stdout.splitlines() if "::" in line]
     for cfg in DEFAULT_CONFIGS:
@@ -47,7 +50,7 @@ def test_xcpimg_test_with_a_downstream_layer(tmp_path: Path) -> None:
     (layer / "installer-bootargs.lst").write_text("downstream-test=1\n")
     proc = subprocess.run([*XCPIMG, "test", "--xcp-config", "8.3:testing", "--boot-modes", "bios-cd",
                            "--xcp-layer", "./mylayer", f"--basetemp={tmp_path / 'pt'}", "-n", "1"],
-                          cwd=where, capture_output=True, text=True, timeout=900)
+                          cwd=where, capture_output=True, text=True, timeout=900, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if line.startswith("8.3:testing+mylayer"))
@@ -61,7 +64,7 @@ def test_xcpimg_test_with_a_downstream_layer(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--xcp-layer", "/nonexistent/layer"], ["--xcp-layer=./missing"]])
 def test_a_missing_layer_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
     proc = subprocess.run([*XCPIMG, "test", *args], cwd=outside(tmp_path), capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=ENV)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"xcpimg test: error: --xcp-layer {args[-1].split('=')[-1]}: "
                                                 "no such layer directory"]
@@ -71,7 +74,7 @@ def test_a_missing_layer_is_a_usage_error(tmp_path: Path, args: list[str]) -> No
 def test_pytest_refuses_a_missing_layer_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "xcpimg.matrix", "--collect-only", "-q",
                            "-p", "no:cacheprovider", "--xcp-layer", "/nonexistent"], cwd=outside(tmp_path),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 4  # pytest's usage error
     assert "--xcp-layer /nonexistent: no such layer directory" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -97,6 +100,6 @@ def test_report_written_by_the_plugin(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "xcpimg.matrix", "-p", "no:cacheprovider",
                            "-q", "-k", "nothing-matches-this", f"--xcp-report={report}"], cwd=outside(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 5, proc.stdout  # no test selected
     assert json.loads(report.read_text()) == []

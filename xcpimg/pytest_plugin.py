@@ -425,7 +425,7 @@ _RESULTS: dict[str, dict[str, object]] = {}
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Write --xcp-report (on the controller: xdist workers have their own copy of this module)."""
     path = session.config.getoption("xcp_report", None)
-    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
-        return
+    if not path or hasattr(session.config, "workerinput"):  # an xdist worker (not the environment: a
+        return                                                # run started from inside a worker has it too)
     import json
     Path(path).write_text(json.dumps(sorted(_RESULTS.values(), key=lambda e: str(e["test"])), indent=1) + "\n")

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layers": ("xcpimg.layers", "print the resolved layer search path"),
     "iso": ("xcpimg.iso.build", "build an installation ISO (create-iso.sh)"),
     "installimg": ("xcpimg.installimg", "build install.img (create-installimg.sh)"),
+    "cache": ("xcpimg.cache", "show or prune the shared package cache"),
     "mirror": ("xcpimg.mirror", "mirror XCP-ng yum repositories (mirror-repos.sh)"),
     "boot": ("xcpimg.qemu", "boot an ISO in QEMU and report the stages reached"),
     "probe-initrd": ("xcpimg.probe", "write the probe initrd used as a stand-in install.img"),

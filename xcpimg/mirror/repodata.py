@@ -128,9 +128,12 @@ def _sized_file(path: Path, expect: Expect) -> os.stat_result | None:
     return st
 
 
-def _file_matches(path: Path, expect: Expect) -> bool:
+def file_matches(path: Path, expect: Expect) -> bool:
     """Whether the regular file *path* (never a symlink) has the expected size and checksum."""
     return _sized_file(path, expect) is not None and _digest_matches(path, expect)
+
+
+_file_matches = file_matches
 
 
 def _digest_matches(path: Path, expect: Expect) -> bool:

@@ -398,6 +398,12 @@ class _Run:
         finally:
             self.progress.file_done()
 
+    def expected_size(self, rel: str) -> int:
+        """The size the repodata gives *rel* (0 when it gives none)."""
+        repo = self.repo_of(rel)
+        exp = repo.packages.get(rel) if repo else None
+        return exp.size or 0 if exp else 0
+
     def count(self, fetched: int = 0, nbytes: int = 0, skipped: int = 0, verified: int = 0) -> None:
         with self._lock:
             self.stats.fetched += fetched
@@ -634,6 +640,7 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
     # (and a repo whose new repodata is unusable keeps its old repodata files)
     held = staged + [r.rel + "repodata/" for r in run.repos.values() if r.failed]
     todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in held)]
+    todo.sort(key=run.expected_size, reverse=True)  # largest first: the big packages never finish last
     run.progress.total = len(todo)
     run.run_pool(pool, [(run.sync_file, (rel,)) for rel in todo], check)
     run.progress.close()

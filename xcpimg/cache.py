@@ -109,7 +109,7 @@ class PackageCache:
             os.utime(d)  # last use, for pruning
         return path
 
-    def put(self, name: str, expect: Expect, fill: Callable[[Path], None]) -> Path:
+    def put(self, name: str, expect: Expect, fill: Callable[[Path], object]) -> Path:
         """Insert the package *name*: ``fill(path)`` writes it; it must match *expect*.
 
         Returns the entry's file. If another process published the same entry first,

@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from . import compress, cpio
+from . import compress, cpio, progress
 from .dnf import RPMDB_PATH, Dnf
 from .errors import BuildError, XcpimgError, describe_os_error
 from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
@@ -260,8 +260,10 @@ def populate(root: Path, layers: Layers, repo_config: RepoConfig, dnf_dir: Path)
 def pack(root: Path, output_file: Path, compression: str, *, epoch: int) -> None:
     """Write *root* as a compressed newc cpio into *output_file* (not atomic by itself)."""
     t0 = time.monotonic()
-    with output_file.open("wb") as f, compress.open_compressor(f, compression) as stream:
-        size = cpio.write_newc(root, stream, epoch=epoch, keep_owner=True)  # type: ignore[arg-type]
+    with output_file.open("wb") as f, compress.open_compressor(f, compression) as stream, \
+            progress.bar(f"packing install.img ({compression})") as counter:
+        size = cpio.write_newc(root, progress.CountingWriter(stream, counter),  # type: ignore[arg-type]
+                               epoch=epoch, keep_owner=True)
     log.info("packed %.1f MB of cpio into %.1f MB (%s) in %.1f s", size / 1e6,
              output_file.stat().st_size / 1e6, compression, time.monotonic() - t0)
 

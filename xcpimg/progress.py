@@ -12,6 +12,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -52,3 +53,16 @@ def activity(desc: str, show: bool | None = None) -> Iterator[None]:
         finally:
             stop.set()
             t.join()
+
+
+class CountingWriter:
+    """A write-only stream passing bytes to *out* and counting them on a progress *bar*."""
+
+    def __init__(self, out: BinaryIO, progress_bar: tqdm) -> None:
+        self._out = out
+        self._bar = progress_bar
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._out.write(data)
+        self._bar.update(len(data))
+        return n

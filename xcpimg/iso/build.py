@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import progress
 from ..dnf import Dnf, check_package_names
 from ..errors import BuildError, ConfigError, ToolError, UsageError
 from ..fsutil import atomic_output, check_output_path, copy_node, copy_tree, private_tempdir
@@ -268,8 +269,9 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
     dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
     for rpm in packages.iterdir():
         os.utime(rpm, (epoch, epoch))  # createrepo_c records file mtimes
-    run(["createrepo_c", "--quiet", "--revision", str(epoch), "--set-timestamp-to-revision",
-         "--workers", "1", tree], what="create the ISO's repository metadata")
+    with progress.activity(f"createrepo_c ({len(list(packages.iterdir()))} packages)"):
+        run(["createrepo_c", "--quiet", "--revision", str(epoch), "--set-timestamp-to-revision",
+             "--workers", "1", tree], what="create the ISO's repository metadata")
     if opts.sign_script:
         from ..sign import run_sign_script
         run_sign_script(opts.sign_script.absolute(), tree)  # a relative Path would be looked up on PATH

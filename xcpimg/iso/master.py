@@ -25,7 +25,6 @@ import math
 import os
 import re
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import pycdlib.utils
 from pycdlib.dr import DirectoryRecord
 from pycdlib.pycdlibexception import PyCdlibException
 
+from .. import progress as progress_display
 from ..errors import BuildError, UsageError
 from ..fsutil import atomic_output, shown_path
 from ..run import build_epoch
@@ -235,25 +235,6 @@ def _walk(tree: Path, skip: set[str]) -> Iterator[_Entry]:
     yield from walk(str(tree), "")
 
 
-class _Progress:
-    """A one-line progress display on stderr (only when it is a TTY)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < 0.2:
-            return
-        self.last = now
-        pct = 100 * done // total if total else 100
-        sys.stderr.write(f"\r{self.label}: {pct:3d}% ({done >> 20}/{total >> 20} MiB)")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 # --- mastering -----------------------------------------------------------------------------------
 
 def _tree_path(rel: str) -> str:
@@ -299,24 +280,24 @@ def master_iso(tree: Path, output: Path, volid: str, *,
     if efi_sectors > 0xFFFF:
         raise BuildError(f"EFI boot image {efi_image} is larger than 32 MiB (El Torito limit)")
     epoch = build_epoch() if epoch is None else epoch
-    show = None
-    if progress and sys.stderr.isatty():
-        display = _Progress(f"mastering {Path(shown_path(output)).name}")
+    display = progress_display.bar(f"mastering {Path(shown_path(output)).name}", show=progress)
 
-        def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
-            display(done, total)
+    def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
+        display.total = total
+        display.update(done - display.n)
 
     with atomic_output(Path(output), force=True) as tmp, frozen_clock(epoch):
         iso = _PyCdlib()
         try:
             _build(iso, tree, volid, bios, catalog, efi, efi_sectors)
-            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=show)
+            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=None if display.disable else show)
         except PyCdlibException as exc:
             raise BuildError(f"cannot master {shown_path(output)}: {exc}") from None
         except OSError as exc:
             where = f" ({shown_path(exc.filename)})" if exc.filename else ""
             raise BuildError(f"cannot master {shown_path(output)}: {exc.strerror or exc}{where}") from None
         finally:
+            display.close()
             with contextlib.suppress(PyCdlibException):
                 iso.close()
         if isohdpfx is not None:

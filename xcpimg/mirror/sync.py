@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 
+from .. import progress as progress_display
 from ..errors import UsageError, XcpimgError
 from ..fsutil import private_tempdir, publish_tree, remove_tree
 from .listing import (
@@ -91,52 +92,6 @@ def _human(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# progress
-
-class _Progress:
-    """A one-line progress display on stderr (only when enabled)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.total = 0
-        self.done = 0
-        self.nbytes = 0
-        self._t0 = time.monotonic()
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def add_bytes(self, n: int) -> None:
-        with self._lock:
-            self.nbytes += n
-        self._draw()
-
-    def file_done(self) -> None:
-        with self._lock:
-            self.done += 1
-        self._draw()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        rate = self.nbytes / max(now - self._t0, 1e-3)
-        width = 30
-        filled = int(width * self.done / self.total) if self.total else 0
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} files  {_human(self.nbytes)}"
-                         f"  {_human(rate)}/s ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------------------------------
 # the mirror run
 
 #: a unit of work for the pool: (function, arguments)
@@ -156,7 +111,7 @@ class _Run:
         self.stats = MirrorStats(dry_run=dry_run)
         self.stop = threading.Event()
         self.http = _Http(self.stop)
-        self.progress = _Progress(progress)
+        self.progress = progress_display.bar("mirror", show=progress)  # bytes
         self.files: dict[str, str] = {}   # rel -> url
         self.dirs: set[str] = set()       # rel of each directory, ending in "/"
         self.crawl_complete = True
@@ -365,7 +320,7 @@ class _Run:
                 shutil.copy2(self.local(rel), target)
                 continue
             url = self.files.get(rel) or self.base_url + urllib.parse.quote(rel)
-            n = self.http.download(url, target, exp, self.progress.add_bytes)
+            n = self.http.download(url, target, exp, self.progress.update)
             self.count(fetched=1, nbytes=n)
         _publishable(repo.stage)
 
@@ -395,8 +350,6 @@ class _Run:
             self.fail(rel, str(exc))
         except OSError as exc:
             self.fail(rel, exc.strerror or str(exc))
-        finally:
-            self.progress.file_done()
 
     def expected_size(self, rel: str) -> int:
         """The size the repodata gives *rel* (0 when it gives none)."""
@@ -439,7 +392,7 @@ class _Run:
             self.change(f"fetch {rel}")
             return
         parent = self.make_dirs(rel.rpartition("/")[0])
-        n = self.http.download(url, parent / path.name, exp, self.progress.add_bytes)
+        n = self.http.download(url, parent / path.name, exp, self.progress.update)
         self.count(fetched=1, nbytes=n)
         self.change(f"fetch {rel}")
 
@@ -594,6 +547,16 @@ def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = 
     return run.stats
 
 
+def _big_and_small(rels: list[str], size: Callable[[str], int]) -> list[str]:
+    """*rels* in the order largest, smallest, second largest, second smallest...: the big
+    packages start at once (none is left to finish alone at the end) while small files
+    complete from the start."""
+    by_size = sorted(rels, key=size, reverse=True)
+    big, small = by_size[: (len(by_size) + 1) // 2], by_size[(len(by_size) + 1) // 2:][::-1]
+    out = [x for pair in zip(big, small, strict=False) for x in pair]
+    return out + big[len(small):]
+
+
 def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> None:
     """Repodata, files, repodata swap, deletion: the body of a run once the tree is known."""
     tmp_root = stack.enter_context(private_tempdir("xcpimg-mirror-")) if run.dry_run else run.dest
@@ -640,8 +603,9 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
     # (and a repo whose new repodata is unusable keeps its old repodata files)
     held = staged + [r.rel + "repodata/" for r in run.repos.values() if r.failed]
     todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in held)]
-    todo.sort(key=run.expected_size, reverse=True)  # largest first: the big packages never finish last
-    run.progress.total = len(todo)
+    todo = _big_and_small(todo, run.expected_size)
+    run.progress.total = sum(run.expected_size(rel) for rel in todo) or None
+    run.progress.refresh()
     run.run_pool(pool, [(run.sync_file, (rel,)) for rel in todo], check)
     run.progress.close()
     failed_paths = [f.partition(": ")[0] for f in run.stats.failed]

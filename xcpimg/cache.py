@@ -80,6 +80,7 @@ class PackageCache:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_dir()
+        self._checked: dict[Path, tuple[int, int, int]] = {}  # entries hashed by this object
 
     @staticmethod
     def keyable(expect: Expect) -> bool:
@@ -101,16 +102,32 @@ class PackageCache:
         except FileNotFoundError:
             return None
         path = d / names[0] if len(names) == 1 else None
+        if path is not None and self._unchanged(path):
+            return path
         if path is None or not file_matches(path, expect):
             log.warning("warning: cache entry %s is damaged: removing it, the package is fetched again", d)
             uninterrupted(lambda: remove_tree(d))
             return None
         with contextlib.suppress(OSError):
             os.utime(d)  # last use, for pruning
+            self._checked[path] = self._identity(path)
         return path
 
+    @staticmethod
+    def _identity(path: Path) -> tuple[int, int, int]:
+        st = os.lstat(path)
+        return st.st_ino, st.st_size, st.st_mtime_ns  # not ctime: hard-linking an entry changes it
+
+    def _unchanged(self, path: Path) -> bool:
+        """Whether *path* was checked by this object and its inode, size and times are the same since."""
+        try:
+            return self._checked.get(path) == self._identity(path)
+        except OSError:
+            return False
+
     def put(self, name: str, expect: Expect, fill: Callable[[Path], object]) -> Path:
-        """Insert the package *name*: ``fill(path)`` writes it; it must match *expect*.
+        """Insert the package *name*: ``fill(path)`` writes it; it must match *expect*
+        (checked here unless *fill* returns True: it checked the bytes as it wrote them).
 
         Returns the entry's file. If another process published the same entry first,
         that entry is used (and this one dropped).
@@ -121,11 +138,11 @@ class PackageCache:
         d.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_tree(d) as tmp:
-                fill(tmp / name)
-                if not file_matches(tmp / name, expect):
+                if fill(tmp / name) is not True and not file_matches(tmp / name, expect):
                     raise BuildError(f"package {name} does not match the size and {expect.algo} checksum "
                                      f"its repository's metadata gives")
                 os.chmod(tmp / name, 0o444)
+            return d / name
         except UsageError:  # "already exists": another process won the race
             pass
         found = self.get(expect)

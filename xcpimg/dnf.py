@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class Dnf:
             log.warning("warning: package signatures are not checked (--nogpgcheck)")
         self.cache = PackageCache() if cfg.package_cache else None
         self.fetched = FetchStats()  # what the last download or install pre-seed fetched
+        self._resolved: dict[tuple[tuple[str, ...], tuple[str, ...], bool], list[str]] = {}
 
     def _config(self, template: str, state_in_root: bool = False) -> Path:
         conf = self.workdir / template.removesuffix(".tmpl")
@@ -163,12 +165,31 @@ class Dnf:
 
     def package_urls(self, argv: Sequence[str], names: Sequence[str], resolve: bool) -> list[str]:
         """The URLs of the packages dnf picks for *names* (with *resolve*: and their dependencies)."""
+        key = (tuple(argv), tuple(names), resolve)
+        if key in self._resolved:
+            return self._resolved[key]
         cmd = [*argv, "download", "--url", *(["--resolve"] if resolve else []), "--", *names]
         out = self._run(cmd, f"resolve {' '.join(names)}" if len(names) < 8 else f"resolve {len(names)} packages")
         urls = [line.strip() for line in out.splitlines() if _URL_RE.fullmatch(line.strip())]
         if not urls:
             raise BuildError(f"dnf resolved {' '.join(names)} to no package URL")
-        return list(dict.fromkeys(urls))
+        self._resolved[key] = list(dict.fromkeys(urls))
+        return self._resolved[key]
+
+    def prefetch(self, wanted: Sequence[tuple[Sequence[str], bool]]) -> None:
+        """Resolve each (names, resolve) of *wanted* and fetch all their packages into the cache in
+        one batch (largest first, every connection busy), so that the :meth:`download` calls that
+        follow find them there. Nothing to do without the cache."""
+        if self.cache is None:
+            return
+        argv = self._argv("yumdl.conf.tmpl", self.dirs["dlroot"])
+        urls: list[str] = []
+        for names, resolve in wanted:
+            urls += self.package_urls(argv, check_package_names(names), resolve)
+        expects = repo_expectations(self.cachedir, self.repo_ids, self.baseurls())
+        with tempfile.TemporaryDirectory(dir=self.workdir, prefix="prefetch-") as tmp:
+            self.fetched = fetch_packages(list(dict.fromkeys(urls)), expects, Path(tmp), self.cache)
+        self._prune()
 
     def download(self, names: Iterable[str], dest: Path, resolve: bool = False) -> list[Path]:
         """Download *names* (and with *resolve* their dependency closure) into *dest*.

@@ -129,6 +129,7 @@ def fetch_packages(urls: list[str], expects: dict[str, Expect], dest: Path,
         else:
             todo.append((url, exp, target))
     if todo:
+        todo.sort(key=lambda item: item[1].size or 0, reverse=True)  # the biggest never start last
         _download_all(todo, cache, stats, jobs)
     log.info("packages: %s", stats.summary())
     return stats
@@ -169,7 +170,10 @@ def _download_all(todo: list[tuple[str, Expect, Path]], cache: PackageCache | No
             if cache is None:
                 http.download(url, target, exp, bar.update)
             else:
-                entry = cache.put(target.name, exp, lambda tmp: http.download(url, tmp, exp, bar.update))
+                def fill(tmp: Path) -> bool:
+                    http.download(url, tmp, exp, bar.update)  # checks size and checksum as it writes
+                    return True
+                entry = cache.put(target.name, exp, fill)
                 _place(entry, target, cache, exp)
         except (_Permanent, _Retryable) as exc:
             raise BuildError(f"cannot download package {url}: {exc}") from None

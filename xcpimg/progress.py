@@ -22,15 +22,18 @@ def enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def bar(desc: str, total: int | None = None, *, unit: str = "B", show: bool | None = None) -> tqdm:
-    """A progress bar (a disabled one when *show* is false or stderr is no terminal).
+def bar(desc: str, total: int | None = None, *, unit: str = "B", show: bool | None = None,
+        bar_format: str | None = None, ascii: str | None = None, leave: bool = False) -> tqdm:
+    """A progress bar on stderr: shown when *show* is true, or (None) when stderr is a terminal.
 
-    ``unit="B"`` scales bytes (kB, MB); any other unit counts items. Thread-safe
-    ``update(n)``; close it (or use it as a context manager) to finish the line.
+    ``unit="B"`` scales bytes (kB, MB); any other unit counts items. *bar_format* and
+    *ascii* are tqdm's (a fixed layout, the bar's characters). Close it (or use it as a
+    context manager) to finish the line; *leave* keeps the last state on screen.
     """
-    on = enabled() if show is None else show and enabled()
+    on = enabled() if show is None else show
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1000,
-                disable=not on, leave=False, dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
+                disable=not on, leave=leave, dynamic_ncols=True, file=sys.stderr, mininterval=0.2,
+                bar_format=bar_format, ascii=ascii)
 
 
 @contextlib.contextmanager

@@ -257,6 +257,11 @@ def apply_patch(patch_file: Path, text: str, scratch: Path) -> str:
     return patched.read_text()
 
 
+def repository_packages(opts: IsoOptions) -> list[str]:
+    """What the full image's Packages/ holds, with dependencies."""
+    return ["xcp-ng-deps", "kernel-alt", *opts.extra_packages]
+
+
 def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch: int) -> None:
     """Full image: .treeinfo from branding, Packages/ with dependencies, createrepo_c, signature."""
     branding = parse_branding(rpms["branding-xcp-ng"].extract_file(
@@ -266,7 +271,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
         variables = {**branding, "timestamp": f"{epoch}.00", "TIMESTAMP": f"{epoch}.00"}  # date +%s.00, as upstream
         treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
     packages = tree / "Packages"
-    dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
+    dnf.download(repository_packages(opts), packages, resolve=True)
     for rpm in packages.iterdir():
         os.utime(rpm, (epoch, epoch))  # createrepo_c records file mtimes
     with progress.activity(f"createrepo_c ({len(list(packages.iterdir()))} packages)"):
@@ -297,6 +302,8 @@ def build_iso(opts: IsoOptions) -> None:
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
+        if not opts.netinstall:  # boot and repository packages fetched in one batch
+            dnf.prefetch([(BOOT_PACKAGES, False), (repository_packages(opts), True)])
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))

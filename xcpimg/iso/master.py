@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
+from typing import Any
 
 import pycdlib
 import pycdlib.dates
@@ -280,24 +281,29 @@ def master_iso(tree: Path, output: Path, volid: str, *,
     if efi_sectors > 0xFFFF:
         raise BuildError(f"EFI boot image {efi_image} is larger than 32 MiB (El Torito limit)")
     epoch = build_epoch() if epoch is None else epoch
-    display = progress_display.bar(f"mastering {Path(shown_path(output)).name}", show=progress)
+    bars: list[Any] = []
+    shown = progress and progress_display.enabled()
 
     def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
-        display.total = total
-        display.update(done - display.n)
+        if not bars:  # made once the size is known
+            bars.append(progress_display.bar(f"mastering {Path(shown_path(output)).name}", total >> 20,
+                                             unit="MiB", leave=True,
+                                             bar_format="{desc}: {percentage:3.0f}% ({n}/{total} MiB)"))
+        bars[0].update((done >> 20) - bars[0].n)
 
     with atomic_output(Path(output), force=True) as tmp, frozen_clock(epoch):
         iso = _PyCdlib()
         try:
             _build(iso, tree, volid, bios, catalog, efi, efi_sectors)
-            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=None if display.disable else show)
+            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=show if shown else None)
         except PyCdlibException as exc:
             raise BuildError(f"cannot master {shown_path(output)}: {exc}") from None
         except OSError as exc:
             where = f" ({shown_path(exc.filename)})" if exc.filename else ""
             raise BuildError(f"cannot master {shown_path(output)}: {exc.strerror or exc}{where}") from None
         finally:
-            display.close()
+            for b in bars:
+                b.close()
             with contextlib.suppress(PyCdlibException):
                 iso.close()
         if isohdpfx is not None:

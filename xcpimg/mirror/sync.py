@@ -91,6 +91,39 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+class _Progress:
+    """Files done out of the total as a bar, bytes and rate after it (xcpimg.progress, on request)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.nbytes = 0
+        self._t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._bar = progress_display.bar("", unit="file", show=False)
+
+    def start(self, total: int) -> None:
+        self._bar = progress_display.bar("", total, unit="file", show=self.enabled, ascii="-#",
+                                         bar_format="[{bar:30}] {n_fmt}/{total_fmt} files  {postfix}")
+
+    def add_bytes(self, n: int) -> None:
+        with self._lock:
+            self.nbytes += n
+            rate = self.nbytes / max(time.monotonic() - self._t0, 1e-3)
+            self._bar.set_postfix_str(f"{_human(self.nbytes)}  {_human(rate)}/s", refresh=False)
+
+    def file_done(self) -> None:
+        with self._lock:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        was_shown = not self._bar.disable
+        self._bar.close()
+        if was_shown and self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.enabled = False
+
+
 # ---------------------------------------------------------------------------------------------
 # the mirror run
 
@@ -111,7 +144,7 @@ class _Run:
         self.stats = MirrorStats(dry_run=dry_run)
         self.stop = threading.Event()
         self.http = _Http(self.stop)
-        self.progress = progress_display.bar("mirror", show=progress)  # bytes
+        self.progress = _Progress(progress)
         self.files: dict[str, str] = {}   # rel -> url
         self.dirs: set[str] = set()       # rel of each directory, ending in "/"
         self.crawl_complete = True
@@ -320,7 +353,7 @@ class _Run:
                 shutil.copy2(self.local(rel), target)
                 continue
             url = self.files.get(rel) or self.base_url + urllib.parse.quote(rel)
-            n = self.http.download(url, target, exp, self.progress.update)
+            n = self.http.download(url, target, exp, self.progress.add_bytes)
             self.count(fetched=1, nbytes=n)
         _publishable(repo.stage)
 
@@ -350,6 +383,8 @@ class _Run:
             self.fail(rel, str(exc))
         except OSError as exc:
             self.fail(rel, exc.strerror or str(exc))
+        finally:
+            self.progress.file_done()
 
     def expected_size(self, rel: str) -> int:
         """The size the repodata gives *rel* (0 when it gives none)."""
@@ -392,7 +427,7 @@ class _Run:
             self.change(f"fetch {rel}")
             return
         parent = self.make_dirs(rel.rpartition("/")[0])
-        n = self.http.download(url, parent / path.name, exp, self.progress.update)
+        n = self.http.download(url, parent / path.name, exp, self.progress.add_bytes)
         self.count(fetched=1, nbytes=n)
         self.change(f"fetch {rel}")
 
@@ -604,8 +639,7 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
     held = staged + [r.rel + "repodata/" for r in run.repos.values() if r.failed]
     todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in held)]
     todo = _big_and_small(todo, run.expected_size)
-    run.progress.total = sum(run.expected_size(rel) for rel in todo) or None
-    run.progress.refresh()
+    run.progress.start(len(todo))
     run.run_pool(pool, [(run.sync_file, (rel,)) for rel in todo], check)
     run.progress.close()
     failed_paths = [f.partition(": ")[0] for f in run.stats.failed]

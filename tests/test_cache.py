@@ -173,3 +173,26 @@ def test_plugin_builds_fetch_each_package_once(tmp_path: Path, fx: FixtureRepo, 
     build_iso(IsoOptions(layers=resolve("8.3:testing"), install_img=img, output=again / "x.iso", volid="X",
                          repo_config=source.repo_config("8.3:testing")))
     assert fx_http.gets(".rpm") == []                     # a second build downloads nothing
+
+
+@pytest.mark.expensive
+def test_installimg_second_build_downloads_nothing(tmp_path: Path, fx: FixtureRepo, fx_http: TreeServer) -> None:
+    """dnf install finds the pre-seeded packages whole and downloads none itself; the cache serves the second build."""
+    if os.geteuid() != 0:
+        pytest.skip("building install.img needs root") if not os.environ.get("CI") else pytest.fail("needs root")
+    env = {**os.environ, "XCPIMG_CACHE": str(tmp_path / "xcache")}
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"install-{i}.img"
+        proc = subprocess.run([sys.executable, "-m", "xcpimg.cli", "installimg", "-o", str(out), "--srcurl",
+                               f"{fx_http.url}8/8.3", "--gpgkey", fx.gpgkey_url, "8.3"], env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, proc.stderr
+        gets = fx_http.gets(".rpm")
+        if i == 0:
+            assert gets and len(gets) == len(set(gets))   # each package once: dnf fetched none again
+        else:
+            assert gets == []
+        fx_http.clear()
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

@@ -142,6 +142,7 @@ class PackageCache:
                     raise BuildError(f"package {name} does not match the size and {expect.algo} checksum "
                                      f"its repository's metadata gives")
                 os.chmod(tmp / name, 0o444)
+            self._checked[d / name] = self._identity(d / name)
             return d / name
         except UsageError:  # "already exists": another process won the race
             pass

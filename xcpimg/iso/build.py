@@ -276,7 +276,7 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
         os.utime(rpm, (epoch, epoch))  # createrepo_c records file mtimes
     with progress.activity(f"createrepo_c ({len(list(packages.iterdir()))} packages)"):
         run(["createrepo_c", "--quiet", "--revision", str(epoch), "--set-timestamp-to-revision",
-             "--workers", "1", tree], what="create the ISO's repository metadata")
+             "--workers", "2", tree], what="create the ISO's repository metadata")
     if opts.sign_script:
         from ..sign import run_sign_script
         run_sign_script(opts.sign_script.absolute(), tree)  # a relative Path would be looked up on PATH

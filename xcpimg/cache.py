@@ -102,9 +102,7 @@ class PackageCache:
         except FileNotFoundError:
             return None
         path = d / names[0] if len(names) == 1 else None
-        if path is not None and self._unchanged(path):
-            return path
-        if path is None or not file_matches(path, expect):
+        if path is None or not (self._unchanged(path) or file_matches(path, expect)):
             log.warning("warning: cache entry %s is damaged: removing it, the package is fetched again", d)
             uninterrupted(lambda: remove_tree(d))
             return None

@@ -20,6 +20,7 @@ sorted and the hybrid ids derive from the volume id.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -106,6 +107,51 @@ def frozen_clock(epoch: int) -> Iterator[None]:
     finally:
         for mod, orig in saved.items():
             mod.time = orig  # type: ignore[attr-defined]
+
+
+def _copy_in_kernel(data_length: int, blocksize: int, infp: Any, outfp: Any) -> Iterator[int]:
+    """pycdlib's file-data copy done by the kernel (``copy_file_range``, no user-space buffers),
+    with the same contract: yield the bytes done after each block; a short source ends it."""
+    try:
+        infd, outfd = infp.fileno(), outfp.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from _PYCDLIB_COPY(data_length, blocksize, infp, outfp)
+        return
+    outfp.flush()
+    src, dst = infp.tell(), outfp.tell()
+    left = data_length
+    while left > 0:
+        try:
+            n = os.copy_file_range(infd, outfd, min(blocksize * 16, left), src, dst)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            infp.seek(src)  # another file system, or a kernel without it: copy the rest in user space
+            outfp.seek(dst)
+            yield from _PYCDLIB_COPY(left, blocksize, infp, outfp)
+            return
+        if n == 0:  # the file is shorter than it said: as pycdlib, stop quietly
+            n = left
+        src, dst, left = src + n, dst + n, left - n
+        yield n
+    infp.seek(src)
+    outfp.seek(dst)
+
+
+_PYCDLIB_COPY = pycdlib.utils.copy_data_yield
+
+
+@contextlib.contextmanager
+def kernel_copy() -> Iterator[None]:
+    """Make pycdlib copy file data with ``copy_file_range`` while mastering."""
+    if not hasattr(os, "copy_file_range"):  # pragma: no cover - Linux has it
+        yield
+        return
+    pycdlib.utils.copy_data_yield = _copy_in_kernel  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pycdlib.utils.copy_data_yield = _PYCDLIB_COPY
 
 
 class _PyCdlib(pycdlib.PyCdlib):
@@ -295,7 +341,9 @@ def master_iso(tree: Path, output: Path, volid: str, *,
         iso = _PyCdlib()
         try:
             _build(iso, tree, volid, bios, catalog, efi, efi_sectors)
-            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=show if shown else None)
+            # the file exists (empty): opened without truncation, or ext4 flushes it on close
+            with open(tmp, "r+b") as out, kernel_copy():
+                iso.write_fp(out, blocksize=WRITE_BLOCKSIZE, progress_cb=show if shown else None)
         except PyCdlibException as exc:
             raise BuildError(f"cannot master {shown_path(output)}: {exc}") from None
         except OSError as exc:

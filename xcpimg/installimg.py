@@ -5,7 +5,8 @@ Steps, as the original: ``dnf --installroot`` of the dist's ``packages.lst``;
 large unneeded files; ``/init``; the layers' ``installimg`` template tree
 (owned by root); ``depmod`` per kernel; the installer's branding links;
 systemd units enabled/disabled; dnf/rpm leftovers removed; then the tree is
-packed as a deterministic newc cpio and compressed (bzip2 by default).
+packed as a deterministic newc cpio and compressed (xz by default; bzip2, as
+the original, on request).
 
 Everything happens in a private temporary directory that is removed on any
 exit (no mounts are used), and the output appears atomically. Runs as root:
@@ -268,7 +269,8 @@ def pack(root: Path, output_file: Path, compression: str, *, epoch: int) -> None
              output_file.stat().st_size / 1e6, compression, time.monotonic() - t0)
 
 
-def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *, compression: str = "bzip2",
+def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *,
+                     compression: str = compress.DEFAULT_METHOD,
                      force: bool = False, workdir: Path | None = None) -> None:
     """Build install.img for *layers* into *output* (atomically).
 
@@ -303,8 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output install.img")
     add_repo_arguments(parser)
     parser.add_argument("--compression", choices=compress.METHODS, default=compress.DEFAULT_METHOD,
-                        help="compression of the cpio archive (default bzip2, as the original; the "
-                             "XCP-ng 4.19 kernel cannot unpack zstd)")
+                        help="compression of the cpio archive (default xz: smaller than bzip2, the "
+                             "original's, and unpacked faster at boot; the XCP-ng 4.19 kernel cannot "
+                             "unpack zstd)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")
 

@@ -196,3 +196,23 @@ def test_installimg_second_build_downloads_nothing(tmp_path: Path, fx: FixtureRe
         fx_http.clear()
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_cache_cli_info_and_prune(tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "packages")
+    for i in range(3):
+        data = os.urandom(1000 + i)
+        cache.put(f"q{i}-1-1.noarch.rpm", expect_of(data), lambda p, d=data: p.write_bytes(d))
+    env = {**os.environ, "XCPIMG_CACHE": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xcpimg.cli", "cache", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+    info = cli("info")
+    assert info.returncode == 0 and "packages: 3, size: 3.0 kB" in info.stdout
+    assert cli("prune", "--max-size", "2k").returncode == 0
+    assert len(cache.entries()) == 1
+    bad = cli("prune", "--max-size", "lots")
+    assert bad.returncode == 2 and "invalid size 'lots'" in bad.stderr and "Traceback" not in bad.stderr
+    assert cli("prune", "--max-size", "0").stdout.startswith("pruned 1 package(s)")
+    assert cache.entries() == []

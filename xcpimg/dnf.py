@@ -184,8 +184,12 @@ class Dnf:
             return
         argv = self._argv("yumdl.conf.tmpl", self.dirs["dlroot"])
         urls: list[str] = []
-        for names, resolve in wanted:
-            urls += self.package_urls(argv, check_package_names(names), resolve)
+        try:
+            for names, resolve in wanted:
+                urls += self.package_urls(argv, check_package_names(names), resolve)
+        except BuildError as exc:  # the download that needs it reports it, in the build's order
+            log.debug("prefetch skipped: %s", exc)
+            return
         expects = repo_expectations(self.cachedir, self.repo_ids, self.baseurls())
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="prefetch-") as tmp:
             self.fetched = fetch_packages(list(dict.fromkeys(urls)), expects, Path(tmp), self.cache)

@@ -360,7 +360,10 @@ def qemu_lock() -> Iterator[None]:
 
 def boot_to_init(iso: Path, logdir: Path) -> float:
     """Seconds from VM start to ``init`` (BIOS, CD) under the accelerator QEMU gets here."""
-    from xcpimg.qemu import boot
+    try:
+        from xcpimg.boot import boot  # the boot package
+    except ImportError:
+        from xcpimg.qemu import boot  # type: ignore[no-redef]  # before it
     result = boot(iso, "bios", "cd", until="init", logdir=logdir)
     return result.reached["init"]
 

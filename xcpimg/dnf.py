@@ -252,7 +252,7 @@ class Dnf:
         """
         names = check_package_names(names)
         argv = self._argv("yum.conf.tmpl", root, state_in_root=True)
-        if self.cache is not None:
+        if self.cache is not None and any(u.startswith(("http:", "https:")) for u in self.baseurls().values()):
             self.preseed(argv, names, root / IN_ROOT_DIRS["cachedir"].lstrip("/"))
         argv = [*argv, "install", "--setopt=install_weak_deps=False"]
         self._run([*argv, "--", *names], f"install {len(names)} package(s) into {root}")

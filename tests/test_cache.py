@@ -216,3 +216,15 @@ def test_cache_cli_info_and_prune(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid size 'lots'" in bad.stderr and "Traceback" not in bad.stderr
     assert cli("prune", "--max-size", "0").stdout.startswith("pruned 1 package(s)")
     assert cache.entries() == []
+
+
+def test_url_lookup_falls_back_to_the_repository_path() -> None:
+    from xcpimg.fetch import _lookup
+    a, b = expect_of(b"a"), expect_of(b"b")
+    expects = {"http://m/8/8.3/base/x86_64/Packages/a-1-1.x86_64.rpm": a,
+               "http://m/8/8.3/updates/x86_64/Packages/b-1-1.x86_64.rpm": b,
+               "http://m/8/8.3/testing/x86_64/Packages/b-1-1.x86_64.rpm": a}
+    assert _lookup(expects, "http://m/8/8.3/base/x86_64/Packages/a-1-1.x86_64.rpm") is a
+    assert _lookup(expects, "http://mirror2/xcp/base/x86_64/Packages/a-1-1.x86_64.rpm") is a
+    assert _lookup(expects, "http://mirror2/xcp/x/Packages/b-1-1.x86_64.rpm") is None   # two candidates differ
+    assert _lookup(expects, "http://m/other/c-1-1.x86_64.rpm") is None

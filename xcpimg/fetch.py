@@ -88,11 +88,23 @@ def _name(url: str) -> str:
 
 
 def _lookup(expects: dict[str, Expect], url: str) -> Expect | None:
-    if url in expects:
-        return expects[url]
+    """*url*'s entry; failing an exact match (a baseurl with dnf variables, a mirror dnf picked),
+    the one entry whose repository path (``Packages/x.rpm``) ends the URL, if only one does."""
     parts = urllib.parse.urlsplit(url)
     plain = urllib.parse.urlunsplit(parts._replace(path=urllib.parse.unquote(parts.path)))
-    return expects.get(plain)
+    for candidate in (url, plain):
+        if candidate in expects:
+            return expects[candidate]
+    tail = urllib.parse.unquote(parts.path)
+    found = {exp for key, exp in expects.items() if _same_tail(tail, key)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _same_tail(path: str, key_url: str) -> bool:
+    """Whether *path* ends with the part of *key_url* after its repository's base (two components:
+    ``Packages/name.rpm``)."""
+    key_path = urllib.parse.urlsplit(key_url).path.rstrip("/").split("/")
+    return path.rstrip("/").split("/")[-2:] == key_path[-2:]
 
 
 def fetch_packages(urls: list[str], expects: dict[str, Expect], dest: Path,

@@ -174,14 +174,32 @@ def test_bad_names(name: str) -> None:
         check_package_names(["bash", name], "--extra-packages name")
 
 
+def _no_fetch(monkeypatch: pytest.MonkeyPatch, copy: list[Path] | None = None) -> None:
+    """dnf resolves; instead of fetching, copy *copy* into the destination."""
+    from xcpimg.fetch import FetchStats
+
+    def fake_fetch(urls: list[str], expects: object, dest: Path, cache: object) -> FetchStats:
+        dest.mkdir(parents=True, exist_ok=True)
+        for rpm in copy or []:
+            shutil.copy(rpm, dest)
+        return FetchStats(paths=[dest / p.name for p in copy or []])
+    monkeypatch.setattr(dnf_mod, "fetch_packages", fake_fetch)
+    monkeypatch.setattr(dnf_mod, "repo_expectations", lambda *a: {})
+
+
+URL_OUT = b"http://m/8/8.3/base/x86_64/Packages/kernel-1-1.x86_64.rpm\n"
+
+
 def test_dnf_argv_names_after_double_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
     monkeypatch.setattr(dnf_mod, "run", lambda argv, **kw: calls.append([str(a) for a in argv])
-                        or subprocess.CompletedProcess(argv, 0, b"", b""))
-    d = Dnf(resolve("8.3"), RepoConfig(srcurl="http://m/8/8.3", gpgcheck=False), tmp_path / "dnf")
+                        or subprocess.CompletedProcess(argv, 0, URL_OUT, b""))
+    _no_fetch(monkeypatch)
+    d = Dnf(resolve("8.3"), RepoConfig(srcurl="http://m/8/8.3", gpgcheck=False, package_cache=False),
+            tmp_path / "dnf")
     d.download(["kernel", "kernel-alt"], tmp_path / "dl", resolve=True)
     d.install(tmp_path / "root", ["bash", "glibc.x86_64"])
-    assert calls[0][-6:] == ["download", f"--destdir={tmp_path / 'dl'}", "--resolve", "--", "kernel", "kernel-alt"]
+    assert calls[0][-6:] == ["download", "--url", "--resolve", "--", "kernel", "kernel-alt"]
     assert calls[1][-5:] == ["install", "--setopt=install_weak_deps=False", "--", "bash", "glibc.x86_64"]
     assert all(a.startswith("-") for a in calls[0][1:calls[0].index("--")] if a != "download")
     with pytest.raises(UsageError, match="'--destdir=/x'"):
@@ -189,6 +207,12 @@ def test_dnf_argv_names_after_double_dash(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(UsageError):
         d.install(tmp_path / "root", ["-x"])
     assert len(calls) == 2
+    # with the package cache, an install first resolves its packages to pre-seed dnf's cache
+    calls.clear()
+    d = Dnf(resolve("8.3"), RepoConfig(srcurl="http://m/8/8.3", gpgcheck=False), tmp_path / "dnf2")
+    d.install(tmp_path / "root2", ["bash"])
+    assert calls[0][-5:] == ["download", "--url", "--resolve", "--", "bash"]
+    assert calls[1][-4:] == ["install", "--setopt=install_weak_deps=False", "--", "bash"]
 
 
 def test_dnf_checks_downloads_with_the_layers_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -200,12 +224,10 @@ def test_dnf_checks_downloads_with_the_layers_keys(tmp_path: Path, monkeypatch: 
     dest = tmp_path / "dl"
 
     def fake_dnf(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-        dest.mkdir(exist_ok=True)
-        for kind in ("good", "unsigned"):
-            shutil.copy(rpms[kind], dest)
-        return subprocess.CompletedProcess(argv, 0, b"", b"")
+        return subprocess.CompletedProcess(argv, 0, URL_OUT, b"")
 
     monkeypatch.setattr(dnf_mod, "run", fake_dnf)
+    _no_fetch(monkeypatch, [rpms["good"], rpms["unsigned"]])
     d = Dnf(resolve("8.3"), RepoConfig(srcurl="http://m/8/8.3", gpgkey=FIXTURE_KEY.as_uri()), tmp_path / "d1")
     assert d.gpgkeys() == [FIXTURE_KEY.as_uri()]
     with pytest.raises(BuildError, match=f"package {rpms['unsigned'].name} is not signed"):

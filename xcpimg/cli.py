@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layers": ("xcpimg.layers", "print the resolved layer search path"),
     "iso": ("xcpimg.iso.build", "build an installation ISO (create-iso.sh)"),
     "installimg": ("xcpimg.installimg", "build install.img (create-installimg.sh)"),
+    "cache": ("xcpimg.cache", "show or prune the shared package cache"),
     "mirror": ("xcpimg.mirror", "mirror XCP-ng yum repositories (mirror-repos.sh)"),
     "boot": ("xcpimg.boot.cli", "boot an ISO in QEMU and report the stages reached"),
     "pxe-tree": ("xcpimg.pxe.cli", "write a PXE (TFTP/HTTP) network boot tree from an ISO"),

@@ -25,16 +25,28 @@ def cache_root() -> Path:
     return Path(base) / "xcpimg"
 
 
-def candidate_version(name: str) -> str:
-    """The version apt would download for *name* (error if apt does not know it)."""
-    text = output(["apt-cache", "policy", name], what=f"look up Debian package {name}")
+def candidate_versions(names: list[str]) -> dict[str, str]:
+    """name -> the version apt would download, for each of *names* apt knows (one ``apt-cache policy``)."""
+    text = output(["apt-cache", "policy", "--", *names], check=False,
+                  what=f"look up Debian package{'s' if len(names) > 1 else ''} {' '.join(names)}")
+    found: dict[str, str] = {}
+    current = ""
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("Candidate:"):
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+        elif current and line.strip().startswith("Candidate:"):
             version = line.split(":", 1)[1].strip()
             if version and version != "(none)":
-                return version
-    raise ToolError(f"Debian package {name} is unknown to apt (run 'apt-get update' first?)", ["apt-cache"])
+                found[current] = version
+    return found
+
+
+def candidate_version(name: str) -> str:
+    """The version apt would download for *name* (error if apt does not know it)."""
+    version = candidate_versions([name]).get(name)
+    if version is None:
+        raise ToolError(f"Debian package {name} is unknown to apt (run 'apt-get update' first?)", ["apt-cache"])
+    return version
 
 
 def fetch(name: str, cache: Path | None = None) -> Path:

@@ -9,16 +9,26 @@ Package names are validated (`check_package_names`) and always passed after
 ``--``, so no name becomes an option. ``dnf download`` does not check
 signatures: every downloaded RPM goes through the private keyring of
 xcpimg.verify before the caller sees it (unless ``--nogpgcheck``).
+
+Packages come through the shared package cache (xcpimg.cache, unless the
+repository configuration says ``--no-cache``): dnf resolves and prints the URLs
+(``dnf download --url``), xcpimg.fetch gets the files from the cache or the
+network. An installroot install is pre-seeded the same way: the packages are put
+where dnf keeps its downloads (``<cachedir>/<repo>-<hash>/packages``), and dnf,
+finding them whole (it checks their checksums), downloads nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .cache import PackageCache
 from .errors import BuildError, ToolError, UsageError
+from .fetch import FetchStats, fetch_packages, repo_expectations
 from .layers import Layers
 from .render import render_file
 from .repos import RepoConfig, write_repo_files
@@ -35,6 +45,8 @@ IN_ROOT_DIRS = {"cachedir": "/var/cache/dnf", "logdir": "/var/log", "persistdir"
 
 #: a package name, ``name.arch``, ``name-version``, a provide like ``perl(Foo::Bar)`` or a file path
 _NAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^:-]*(\([A-Za-z0-9._+:/-]*\))?|/[A-Za-z0-9._+/-]+")
+
+_URL_RE = re.compile(r"(?:https?|file)://\S+\.rpm")
 
 _MISSING_RE = re.compile(r"No (?:package|match for argument:?) ([^\s]+)(?: available)?", re.I)
 
@@ -77,6 +89,9 @@ class Dnf:
             self.keyring = Keyring(self.gpgkeys(), workdir / "keyring")
         else:
             log.warning("warning: package signatures are not checked (--nogpgcheck)")
+        self.cache = PackageCache() if cfg.package_cache else None
+        self.fetched = FetchStats()  # what the last download or install pre-seed fetched
+        self._resolved: dict[tuple[tuple[str, ...], tuple[str, ...], bool], list[str]] = {}
 
     def _config(self, template: str, state_in_root: bool = False) -> Path:
         conf = self.workdir / template.removesuffix(".tmpl")
@@ -148,6 +163,38 @@ class Dnf:
         return [url for repo_file in sorted(self.dirs["repos.d"].glob("*.repo"))
                 for url in key_urls(repo_file.read_text())]
 
+    def package_urls(self, argv: Sequence[str], names: Sequence[str], resolve: bool) -> list[str]:
+        """The URLs of the packages dnf picks for *names* (with *resolve*: and their dependencies)."""
+        key = (tuple(argv), tuple(names), resolve)
+        if key in self._resolved:
+            return self._resolved[key]
+        cmd = [*argv, "download", "--url", *(["--resolve"] if resolve else []), "--", *names]
+        out = self._run(cmd, f"resolve {' '.join(names)}" if len(names) < 8 else f"resolve {len(names)} packages")
+        urls = [line.strip() for line in out.splitlines() if _URL_RE.fullmatch(line.strip())]
+        if not urls:
+            raise BuildError(f"dnf resolved {' '.join(names)} to no package URL")
+        self._resolved[key] = list(dict.fromkeys(urls))
+        return self._resolved[key]
+
+    def prefetch(self, wanted: Sequence[tuple[Sequence[str], bool]]) -> None:
+        """Resolve each (names, resolve) of *wanted* and fetch all their packages into the cache in
+        one batch (largest first, every connection busy), so that the :meth:`download` calls that
+        follow find them there. Nothing to do without the cache."""
+        if self.cache is None:
+            return
+        argv = self._argv("yumdl.conf.tmpl", self.dirs["dlroot"])
+        urls: list[str] = []
+        try:
+            for names, resolve in wanted:
+                urls += self.package_urls(argv, check_package_names(names), resolve)
+        except BuildError as exc:  # the download that needs it reports it, in the build's order
+            log.debug("prefetch skipped: %s", exc)
+            return
+        expects = repo_expectations(self.cachedir, self.repo_ids, self.baseurls())
+        with tempfile.TemporaryDirectory(dir=self.workdir, prefix="prefetch-") as tmp:
+            self.fetched = fetch_packages(list(dict.fromkeys(urls)), expects, Path(tmp), self.cache)
+        self._prune()
+
     def download(self, names: Iterable[str], dest: Path, resolve: bool = False) -> list[Path]:
         """Download *names* (and with *resolve* their dependency closure) into *dest*.
 
@@ -156,16 +203,45 @@ class Dnf:
         """
         names = check_package_names(names)
         dest.mkdir(parents=True, exist_ok=True)
-        before = set(dest.glob("*.rpm"))
-        argv = [*self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), "download", f"--destdir={dest}"]
-        if resolve:
-            argv.append("--resolve")
-        self._run([*argv, "--", *names], f"download {' '.join(names)}")
+        urls = self.package_urls(self._argv("yumdl.conf.tmpl", self.dirs["dlroot"]), names, resolve)
+        expects = repo_expectations(self.cachedir, self.repo_ids, self.baseurls())
+        self.fetched = fetch_packages(urls, expects, dest, self.cache)
+        self._prune()
         if self.keyring is not None:
             self.keyring.check(sorted(dest.glob("*.rpm")))
-        got = sorted(set(dest.glob("*.rpm")) - before)
-        log.info("downloaded %d package(s) into %s", len(got), dest)
+        got = sorted(self.fetched.paths)
+        log.info("got %d package(s) into %s", len(got), dest)
         return got
+
+    def _prune(self) -> None:
+        if self.cache is not None and self.fetched.downloaded:
+            from .cache import DEFAULT_MAX_SIZE
+            self.cache.prune(DEFAULT_MAX_SIZE)
+
+    def preseed(self, argv: Sequence[str], names: Sequence[str], cachedir: Path) -> None:
+        """Put the packages an install of *names* needs into dnf's package dirs under *cachedir*
+        (from the cache, or downloaded into it); ``file://`` repositories are left to dnf."""
+        assert self.cache is not None
+        urls = self.package_urls(argv, names, resolve=True)
+        baseurls = {repo: url.rstrip("/") + "/" for repo, url in self.baseurls().items()}
+        expects = repo_expectations(cachedir, self.repo_ids, self.baseurls())
+        by_dir: dict[Path, list[str]] = {}
+        for url in urls:
+            if url.startswith("file:"):
+                continue
+            repo = next((r for r, base in baseurls.items() if url.startswith(base)), None)
+            dirs = sorted(cachedir.glob(f"{repo}-*/repodata")) if repo else []
+            if dirs:
+                by_dir.setdefault(dirs[0].parent / "packages", []).append(url)
+        total = FetchStats()
+        for pkgdir, group in by_dir.items():
+            got = fetch_packages(group, expects, pkgdir, self.cache)
+            total.downloaded += got.downloaded
+            total.downloaded_bytes += got.downloaded_bytes
+            total.cached += got.cached
+            total.paths += got.paths
+        self.fetched = total
+        self._prune()
 
     def install(self, root: Path, names: Iterable[str]) -> None:
         """Install *names* into the root tree *root* (``dnf --installroot``).
@@ -175,6 +251,8 @@ class Dnf:
         root removes them.
         """
         names = check_package_names(names)
-        argv = [*self._argv("yum.conf.tmpl", root, state_in_root=True), "install",
-                "--setopt=install_weak_deps=False"]
+        argv = self._argv("yum.conf.tmpl", root, state_in_root=True)
+        if self.cache is not None and any(u.startswith(("http:", "https:")) for u in self.baseurls().values()):
+            self.preseed(argv, names, root / IN_ROOT_DIRS["cachedir"].lstrip("/"))
+        argv = [*argv, "install", "--setopt=install_weak_deps=False"]
         self._run([*argv, "--", *names], f"install {len(names)} package(s) into {root}")

@@ -43,6 +43,7 @@ from .errors import BuildError, ConfigError, ToolError
 from .fsutil import atomic_tree, check_tree_output, private_tempdir, remove_tree
 from .layers import read_package_list
 from .run import build_epoch, output, run
+from .sign import private_gnupghome
 
 log = logging.getLogger("xcpimg.fixture_repo")
 
@@ -327,17 +328,7 @@ def _apt_lookup(aliases: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]
             names[alias] = deps.group(1)
         else:
             names[alias] = src["package"]
-    text = output(["apt-cache", "policy", *sorted(set(names.values()))], check=False,
-                  what="look up Debian packages")
-    candidates: dict[str, str] = {}
-    current = ""
-    for line in text.splitlines():
-        if line and not line[0].isspace() and line.endswith(":"):
-            current = line[:-1]
-        elif line.strip().startswith("Candidate:") and current:
-            value = line.split(":", 1)[1].strip()
-            if value and value != "(none)":
-                candidates[current] = value
+    candidates = debs.candidate_versions(sorted(set(names.values())))
     result: dict[str, list[str]] = {}
     for alias, name in sorted(names.items()):
         if name not in candidates:
@@ -725,13 +716,10 @@ def build_version(fx: Fixtures, ver: str, by_repo: Mapping[str, list[Package]], 
 @contextlib.contextmanager
 def _gnupg_home(fx: Fixtures) -> Iterator[Path]:
     """A private GNUPGHOME holding the fixture secret key; the agent is stopped and the dir removed."""
-    with private_tempdir(prefix="xcpimg-gpg-", parent=Path("/tmp")) as home:
-        try:
-            run(["gpg", "--homedir", home, "--batch", "--quiet", "--import",
-                 fx.dir / fx.repo["key"]["secret"]], what="import the fixture signing key")
-            yield home
-        finally:
-            run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
+    with private_gnupghome(prefix="xcpimg-gpg-") as home:
+        run(["gpg", "--homedir", home, "--batch", "--quiet", "--import",
+             fx.dir / fx.repo["key"]["secret"]], what="import the fixture signing key")
+        yield home
 
 
 def sign(fx: Fixtures, rpms: list[Path]) -> None:

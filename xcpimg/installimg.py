@@ -5,7 +5,8 @@ Steps, as the original: ``dnf --installroot`` of the dist's ``packages.lst``;
 large unneeded files; ``/init``; the layers' ``installimg`` template tree
 (owned by root); ``depmod`` per kernel; the installer's branding links;
 systemd units enabled/disabled; dnf/rpm leftovers removed; then the tree is
-packed as a deterministic newc cpio and compressed (bzip2 by default).
+packed as a deterministic newc cpio and compressed (xz by default; bzip2, as
+the original, on request).
 
 Everything happens in a private temporary directory that is removed on any
 exit (no mounts are used), and the output appears atomically. Runs as root:
@@ -30,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-from . import compat, compress, cpio
+from . import compat, compress, cpio, progress
 from .dnf import RPMDB_PATH, Dnf
 from .errors import BuildError, XcpimgError, describe_os_error
 from .fsutil import atomic_output, check_output_path, copy_node, private_tempdir, remove_tree
@@ -260,13 +261,16 @@ def populate(root: Path, layers: Layers, repo_config: RepoConfig, dnf_dir: Path)
 def pack(root: Path, output_file: Path, compression: str, *, epoch: int) -> None:
     """Write *root* as a compressed newc cpio into *output_file* (not atomic by itself)."""
     t0 = time.monotonic()
-    with output_file.open("wb") as f, compress.open_compressor(f, compression) as stream:
-        size = cpio.write_newc(root, stream, epoch=epoch, keep_owner=True)  # type: ignore[arg-type]
+    with output_file.open("wb") as f, compress.open_compressor(f, compression) as stream, \
+            progress.bar(f"packing install.img ({compression})") as counter:
+        size = cpio.write_newc(root, progress.CountingWriter(stream, counter),  # type: ignore[arg-type]
+                               epoch=epoch, keep_owner=True)
     log.info("packed %.1f MB of cpio into %.1f MB (%s) in %.1f s", size / 1e6,
              output_file.stat().st_size / 1e6, compression, time.monotonic() - t0)
 
 
-def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *, compression: str = "bzip2",
+def build_installimg(layers: Layers, repo_config: RepoConfig, output: Path, *,
+                     compression: str = compress.DEFAULT_METHOD,
                      force: bool = False, workdir: Path | None = None) -> None:
     """Build install.img for *layers* into *output* (atomically).
 
@@ -301,8 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output install.img")
     add_repo_arguments(parser)
     parser.add_argument("--compression", choices=compress.METHODS, default=compress.DEFAULT_METHOD,
-                        help="compression of the cpio archive (default bzip2, as the original; the "
-                             "XCP-ng 4.19 kernel cannot unpack zstd)")
+                        help="compression of the cpio archive (default xz: smaller than bzip2, the "
+                             "original's, and unpacked faster at boot; the XCP-ng 4.19 kernel cannot "
+                             "unpack zstd)")
     parser.add_argument("--force-overwrite", action="store_true", help="replace an existing output")
     compat.add_arguments(parser)
     parser.add_argument("spec", metavar="LAYERS", help="layer search path, e.g. 8.3:testing")

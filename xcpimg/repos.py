@@ -41,6 +41,7 @@ class RepoConfig:
     gpgkey: str | None = None
     gpgcheck: bool = True
     arch: str = ARCH
+    package_cache: bool = True  # use the shared package cache (xcpimg.cache); --no-cache: not at all
 
     def srcurl_for(self, layer: str, dist: str) -> str:
         return self.layer_srcurls.get(layer) or self.srcurl or default_srcurl(dist)
@@ -78,6 +79,8 @@ def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the XCP-ng key shipped in the base layer)")
     parser.add_argument("--nogpgcheck", action="store_true",
                         help="do not check package signatures (unsigned development repos)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor fill the shared package cache (~/.cache/xcpimg/packages)")
 
 
 def repo_config_from_args(args: argparse.Namespace) -> RepoConfig:
@@ -87,7 +90,8 @@ def repo_config_from_args(args: argparse.Namespace) -> RepoConfig:
     gpgkey = getattr(args, "gpgkey", None)
     return RepoConfig(srcurl=as_url(srcurl) if srcurl else None, layer_srcurls=layer_urls,
                       custom=custom, gpgkey=as_url(gpgkey) if gpgkey else None,
-                      gpgcheck=not getattr(args, "nogpgcheck", False))
+                      gpgcheck=not getattr(args, "nogpgcheck", False),
+                      package_cache=not getattr(args, "no_cache", False))
 
 
 def _override_key(text: str, key: str, value: str) -> str:

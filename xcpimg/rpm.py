@@ -9,11 +9,9 @@ already in the destination is ever followed, set-id bits are dropped.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import errno
 import fnmatch
-import gzip
 import hashlib
 import io
 import logging
@@ -30,6 +28,7 @@ from typing import IO, Any
 
 import zstandard
 
+from . import compress
 from .errors import BuildError
 
 log = logging.getLogger("xcpimg.rpm")
@@ -379,18 +378,8 @@ class RpmPackage:
             f.seek(self.payload_offset)
             hashing = _HashingFile(f, algo if PAYLOADDIGEST in self.header else None)
             raw = io.BufferedReader(hashing, _CHUNK)
-            dec: Any
-            if magic[:2] == b"\x1f\x8b":
-                dec = gzip.GzipFile(fileobj=raw, mode="rb")
-            elif magic[:3] == b"BZh":
-                dec = bz2.BZ2File(raw)
-            elif magic == b"\xfd7zXZ\0" or magic[:3] == b"\x5d\0\0":
-                dec = lzma.LZMAFile(raw)
-            elif magic[:4] == b"\x28\xb5\x2f\xfd":
-                dec = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            elif magic in _NEWC_MAGICS or magic == _STRIPPED_MAGIC:
-                dec = raw
-            else:
+            dec: Any = compress.decompressing(raw, magic)  # type: ignore[arg-type]
+            if dec is raw and magic not in _NEWC_MAGICS and magic != _STRIPPED_MAGIC:
                 raise BuildError(f"{self.path}: unsupported payload compression "
                                  f"{self.payload_compressor!r} (magic {magic.hex()})")
             try:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import compat
+from .. import compat, progress
 from ..dnf import Dnf, check_package_names
 from ..errors import BuildError, ConfigError, ToolError, UsageError
 from ..fsutil import atomic_output, check_output_path, copy_node, copy_tree, private_tempdir
@@ -260,6 +260,11 @@ def apply_patch(patch_file: Path, text: str, scratch: Path) -> str:
     return patched.read_text()
 
 
+def repository_packages(opts: IsoOptions) -> list[str]:
+    """What the full image's Packages/ holds, with dependencies."""
+    return ["xcp-ng-deps", "kernel-alt", *opts.extra_packages]
+
+
 def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch: int) -> None:
     """Full image: .treeinfo from branding, Packages/ with dependencies, createrepo_c, signature."""
     branding = parse_branding(rpms["branding-xcp-ng"].extract_file(
@@ -269,11 +274,12 @@ def add_repository(opts: IsoOptions, dnf: Dnf, rpms: BootRpms, tree: Path, epoch
         variables = {**branding, "timestamp": f"{epoch}.00", "TIMESTAMP": f"{epoch}.00"}  # date +%s.00, as upstream
         treeinfo.write_text(render_text(treeinfo.read_text(), variables, ".treeinfo"))
     packages = tree / "Packages"
-    dnf.download(["xcp-ng-deps", "kernel-alt", *opts.extra_packages], packages, resolve=True)
+    dnf.download(repository_packages(opts), packages, resolve=True)
     for rpm in packages.iterdir():
         os.utime(rpm, (epoch, epoch))  # createrepo_c records file mtimes
-    run(["createrepo_c", "--quiet", "--revision", str(epoch), "--set-timestamp-to-revision",
-         "--workers", "1", tree], what="create the ISO's repository metadata")
+    with progress.activity(f"createrepo_c ({len(list(packages.iterdir()))} packages)"):
+        run(["createrepo_c", "--quiet", "--revision", str(epoch), "--set-timestamp-to-revision",
+             "--workers", "2", tree], what="create the ISO's repository metadata")
     if opts.sign_script:
         from ..sign import run_sign_script
         run_sign_script(opts.sign_script.absolute(), tree)  # a relative Path would be looked up on PATH
@@ -299,6 +305,8 @@ def build_iso(opts: IsoOptions) -> None:
         log.info("staging the %s ISO tree from layers %s", layers.dist, ":".join(layers.names))
         stage_templates(layers, tree)
         shutil.copyfile(opts.install_img, tree / "install.img")
+        if not opts.netinstall:  # boot and repository packages fetched in one batch
+            dnf.prefetch([(BOOT_PACKAGES, False), (repository_packages(opts), True)])
         rpms = BootRpms(dnf.download(BOOT_PACKAGES, scratch / "rpms"))
         add_boot_files(rpms, tree)
         insert_boot_args(tree, installer_bootargs(layers))

@@ -20,17 +20,18 @@ sorted and the hybrid ids derive from the volume id.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
 import re
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
+from typing import Any
 
 import pycdlib
 import pycdlib.dates
@@ -40,6 +41,7 @@ import pycdlib.utils
 from pycdlib.dr import DirectoryRecord
 from pycdlib.pycdlibexception import PyCdlibException
 
+from .. import progress as progress_display
 from ..errors import BuildError, UsageError
 from ..fsutil import atomic_output, shown_path
 from ..run import build_epoch
@@ -105,6 +107,51 @@ def frozen_clock(epoch: int) -> Iterator[None]:
     finally:
         for mod, orig in saved.items():
             mod.time = orig  # type: ignore[attr-defined]
+
+
+def _copy_in_kernel(data_length: int, blocksize: int, infp: Any, outfp: Any) -> Iterator[int]:
+    """pycdlib's file-data copy done by the kernel (``copy_file_range``, no user-space buffers),
+    with the same contract: yield the bytes done after each block; a short source ends it."""
+    try:
+        infd, outfd = infp.fileno(), outfp.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from _PYCDLIB_COPY(data_length, blocksize, infp, outfp)
+        return
+    outfp.flush()
+    src, dst = infp.tell(), outfp.tell()
+    left = data_length
+    while left > 0:
+        try:
+            n = os.copy_file_range(infd, outfd, min(blocksize * 16, left), src, dst)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            infp.seek(src)  # another file system, or a kernel without it: copy the rest in user space
+            outfp.seek(dst)
+            yield from _PYCDLIB_COPY(left, blocksize, infp, outfp)
+            return
+        if n == 0:  # the file is shorter than it said: as pycdlib, stop quietly
+            n = left
+        src, dst, left = src + n, dst + n, left - n
+        yield n
+    infp.seek(src)
+    outfp.seek(dst)
+
+
+_PYCDLIB_COPY = pycdlib.utils.copy_data_yield
+
+
+@contextlib.contextmanager
+def kernel_copy() -> Iterator[None]:
+    """Make pycdlib copy file data with ``copy_file_range`` while mastering."""
+    if not hasattr(os, "copy_file_range"):  # pragma: no cover - Linux has it
+        yield
+        return
+    pycdlib.utils.copy_data_yield = _copy_in_kernel  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pycdlib.utils.copy_data_yield = _PYCDLIB_COPY
 
 
 class _PyCdlib(pycdlib.PyCdlib):
@@ -235,25 +282,6 @@ def _walk(tree: Path, skip: set[str]) -> Iterator[_Entry]:
     yield from walk(str(tree), "")
 
 
-class _Progress:
-    """A one-line progress display on stderr (only when it is a TTY)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < 0.2:
-            return
-        self.last = now
-        pct = 100 * done // total if total else 100
-        sys.stderr.write(f"\r{self.label}: {pct:3d}% ({done >> 20}/{total >> 20} MiB)")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 # --- mastering -----------------------------------------------------------------------------------
 
 def _tree_path(rel: str) -> str:
@@ -299,24 +327,31 @@ def master_iso(tree: Path, output: Path, volid: str, *,
     if efi_sectors > 0xFFFF:
         raise BuildError(f"EFI boot image {efi_image} is larger than 32 MiB (El Torito limit)")
     epoch = build_epoch() if epoch is None else epoch
-    show = None
-    if progress and sys.stderr.isatty():
-        display = _Progress(f"mastering {Path(shown_path(output)).name}")
+    bars: list[Any] = []
+    shown = progress and progress_display.enabled()
 
-        def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
-            display(done, total)
+    def show(done: int, total: int, _opaque: object) -> None:  # pycdlib counts the arguments
+        if not bars:  # made once the size is known
+            bars.append(progress_display.bar(f"mastering {Path(shown_path(output)).name}", total >> 20,
+                                             unit="MiB", leave=True,
+                                             bar_format="{desc}: {percentage:3.0f}% ({n}/{total} MiB)"))
+        bars[0].update((done >> 20) - bars[0].n)
 
     with atomic_output(Path(output), force=True) as tmp, frozen_clock(epoch):
         iso = _PyCdlib()
         try:
             _build(iso, tree, volid, bios, catalog, efi, efi_sectors)
-            iso.write(str(tmp), blocksize=WRITE_BLOCKSIZE, progress_cb=show)
+            # the file exists (empty): opened without truncation, or ext4 flushes it on close
+            with open(tmp, "r+b") as out, kernel_copy():
+                iso.write_fp(out, blocksize=WRITE_BLOCKSIZE, progress_cb=show if shown else None)
         except PyCdlibException as exc:
             raise BuildError(f"cannot master {shown_path(output)}: {exc}") from None
         except OSError as exc:
             where = f" ({shown_path(exc.filename)})" if exc.filename else ""
             raise BuildError(f"cannot master {shown_path(output)}: {exc.strerror or exc}{where}") from None
         finally:
+            for b in bars:
+                b.close()
             with contextlib.suppress(PyCdlibException):
                 iso.close()
         if isohdpfx is not None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import logging
-import lzma
 import os
 import re
 import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+
+from ..compress import decompressing
 
 log = logging.getLogger("xcpimg.mirror")
 
@@ -46,21 +44,6 @@ class Expect:
 
 # ---------------------------------------------------------------------------------------------
 # repodata
-
-def _open_maybe_compressed(raw: IO[bytes]) -> IO[bytes]:
-    head = raw.read(6)
-    raw.seek(0)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
-    return raw
-
 
 def _checksum(elem: ET.Element | None) -> tuple[str | None, str | None]:
     if elem is None or not (elem.text or "").strip():
@@ -102,7 +85,7 @@ def parse_repomd(data: bytes) -> dict[str, tuple[str, Expect]]:
 def parse_primary(path: Path) -> dict[str, Expect]:
     """href relative to the repo -> Expect, for every package of a primary.xml (any compression)."""
     out: dict[str, Expect] = {}
-    with open(path, "rb") as raw, _open_maybe_compressed(raw) as stream:
+    with open(path, "rb") as raw, decompressing(raw) as stream:
         for _event, elem in ET.iterparse(stream, events=("end",)):
             if elem.tag != f"{_COMMON_NS}package":
                 continue
@@ -128,9 +111,12 @@ def _sized_file(path: Path, expect: Expect) -> os.stat_result | None:
     return st
 
 
-def _file_matches(path: Path, expect: Expect) -> bool:
+def file_matches(path: Path, expect: Expect) -> bool:
     """Whether the regular file *path* (never a symlink) has the expected size and checksum."""
     return _sized_file(path, expect) is not None and _digest_matches(path, expect)
+
+
+_file_matches = file_matches
 
 
 def _digest_matches(path: Path, expect: Expect) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 
+from .. import progress as progress_display
 from ..errors import UsageError, XcpimgError
 from ..fsutil import private_tempdir, publish_tree, remove_tree
 from .listing import (
@@ -90,50 +91,37 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-# ---------------------------------------------------------------------------------------------
-# progress
-
 class _Progress:
-    """A one-line progress display on stderr (only when enabled)."""
+    """Files done out of the total as a bar, bytes and rate after it (xcpimg.progress, on request)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.total = 0
-        self.done = 0
         self.nbytes = 0
         self._t0 = time.monotonic()
-        self._last = 0.0
         self._lock = threading.Lock()
+        self._bar = progress_display.bar("", unit="file", show=False)
+
+    def start(self, total: int) -> None:
+        self._bar = progress_display.bar("", total, unit="file", show=self.enabled, ascii="-#",
+                                         bar_format="[{bar:30}] {n_fmt}/{total_fmt} files  {postfix}")
 
     def add_bytes(self, n: int) -> None:
         with self._lock:
             self.nbytes += n
-        self._draw()
+            rate = self.nbytes / max(time.monotonic() - self._t0, 1e-3)
+            self._bar.set_postfix_str(f"{_human(self.nbytes)}  {_human(rate)}/s", refresh=False)
 
     def file_done(self) -> None:
         with self._lock:
-            self.done += 1
-        self._draw()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        rate = self.nbytes / max(now - self._t0, 1e-3)
-        width = 30
-        filled = int(width * self.done / self.total) if self.total else 0
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} files  {_human(self.nbytes)}"
-                         f"  {_human(rate)}/s ")
-        sys.stderr.flush()
+            self._bar.update(1)
 
     def close(self) -> None:
-        if self.enabled:
+        was_shown = not self._bar.disable
+        self._bar.close()
+        if was_shown and self.enabled:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+            self.enabled = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +386,12 @@ class _Run:
         finally:
             self.progress.file_done()
 
+    def expected_size(self, rel: str) -> int:
+        """The size the repodata gives *rel* (0 when it gives none)."""
+        repo = self.repo_of(rel)
+        exp = repo.packages.get(rel) if repo else None
+        return exp.size or 0 if exp else 0
+
     def count(self, fetched: int = 0, nbytes: int = 0, skipped: int = 0, verified: int = 0) -> None:
         with self._lock:
             self.stats.fetched += fetched
@@ -588,6 +582,16 @@ def mirror(source: str, dest: Path, *, jobs: int = 8, excludes: Iterable[str] = 
     return run.stats
 
 
+def _big_and_small(rels: list[str], size: Callable[[str], int]) -> list[str]:
+    """*rels* in the order largest, smallest, second largest, second smallest...: the big
+    packages start at once (none is left to finish alone at the end) while small files
+    complete from the start."""
+    by_size = sorted(rels, key=size, reverse=True)
+    big, small = by_size[: (len(by_size) + 1) // 2], by_size[(len(by_size) + 1) // 2:][::-1]
+    out = [x for pair in zip(big, small, strict=False) for x in pair]
+    return out + big[len(small):]
+
+
 def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> None:
     """Repodata, files, repodata swap, deletion: the body of a run once the tree is known."""
     tmp_root = stack.enter_context(private_tempdir("xcpimg-mirror-")) if run.dry_run else run.dest
@@ -634,7 +638,8 @@ def _sync(run: _Run, pool: ThreadPoolExecutor, stack: contextlib.ExitStack) -> N
     # (and a repo whose new repodata is unusable keeps its old repodata files)
     held = staged + [r.rel + "repodata/" for r in run.repos.values() if r.failed]
     todo = [rel for rel in sorted(run.files) if not any(rel.startswith(s) for s in held)]
-    run.progress.total = len(todo)
+    todo = _big_and_small(todo, run.expected_size)
+    run.progress.start(len(todo))
     run.run_pool(pool, [(run.sync_file, (rel,)) for rel in todo], check)
     run.progress.close()
     failed_paths = [f.partition(": ")[0] for f in run.stats.failed]

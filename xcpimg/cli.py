@@ -96,6 +96,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _sigterm)  # first: a SIGTERM from now on is an interrupt, cleaned up
     args_in = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
     first = args_in[0] if args_in else None
     parser, handlers = build_parser(first if first in COMMANDS else None)
@@ -108,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = bool(getattr(args, "verbose", False) or os.environ.get("XCPIMG_DEBUG"))
     setup_logging(debug)
-    signal.signal(signal.SIGTERM, _sigterm)
     try:
         sweep_leftovers()  # what killed runs left (their owner is gone)
         return int(handlers[args.cmd](args) or 0)  # type: ignore[operator]

@@ -127,5 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``xcpimg`` program: main(), then exit with its status. A signal that arrives once the
+    command is done (while Python shuts down) no longer changes that status."""
+    code = main()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -41,7 +41,7 @@ def released(fx: FixtureRepo, probe_initrd: Path, tmp_path_factory: pytest.TempP
     out.parent.mkdir()
     signer = Path(sys.executable).parent / "xcpimg-sample-sign"
     proc = release(fx, out, tmp, "--install-img", probe_initrd, "--sign-script", signer,
-                   "--linstor", fx.linstor_srcurl("8.3"), "--linstor-packages", "xcp-ng-linstor")
+                   "--linstor", fx.linstor_srcurl("8.3"))  # default extra package: xcp-ng-release-linstor
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -109,11 +109,11 @@ def test_failed_build_leaves_nothing(fx: FixtureRepo, probe_initrd: Path, tmp_pa
     pub.mkdir()
     tmpdir = tmp_path / "t"
     tmpdir.mkdir()
-    # the fixture's linstor repository has no xcp-ng-release-linstor: a hard failure, not a silent skip
+    # a LINSTOR package the repository does not have: a hard failure, not a silent skip
     proc = cli("release", ["8.3:testing", "--srcurl", fx.srcurl("8.3"), "--gpgkey", fx.gpgkey_url,
-                           "-o", pub / "rel", "--install-img", probe_initrd, "--linstor", fx.linstor_srcurl("8.3")],
-               tmpdir)
-    assert_one_line_error(proc, "release", 1, "xcp-ng-release-linstor")
+                           "-o", pub / "rel", "--install-img", probe_initrd, "--linstor", fx.linstor_srcurl("8.3"),
+                           "--linstor-packages", "xcp-ng-release-linstor-nonexistent"], tmpdir)
+    assert_one_line_error(proc, "release", 1, "xcp-ng-release-linstor-nonexistent")
     assert list(pub.iterdir()) == [] and list(tmpdir.iterdir()) == []
 
 

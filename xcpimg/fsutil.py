@@ -325,24 +325,11 @@ def atomic_output(target: Path, force: bool = False, mode: int = 0o644) -> Itera
     """
     target = Path(target)
     check_output_path(target, force)
-    sweep_dir(target.parent)
-    token = owner_token()
-    tmp = _beside_name(target, token, "part")
-    link = _register(tmp, token)
-    try:
+
+    def create(tmp: Path) -> None:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    with _beside(target, create, publish_file, force, mode) as tmp:
         yield tmp
-        os.chmod(tmp, mode)
-        publish_file(tmp, target, force)
-    except OSError as exc:
-        _name_output(exc, target)
-        raise
-    finally:
-        def cleanup() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            _unregister(link)
-        uninterrupted(cleanup)
 
 
 @contextlib.contextmanager
@@ -353,15 +340,24 @@ def atomic_tree(target: Path, force: bool = False, mode: int = 0o755) -> Iterato
     """
     target = Path(target)
     check_tree_output(target, force)
+    with _beside(target, lambda tmp: os.mkdir(tmp, 0o700), publish_tree, force, mode) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _beside(target: Path, create: Callable[[Path], None], publish: Callable[[Path, Path, bool], None],
+            force: bool, mode: int) -> Iterator[Path]:
+    """The owner-tagged temporary *create*d beside *target*, published onto it with *publish* once
+    the body succeeds (mode *mode*); removed, uninterruptibly, whatever happens."""
     sweep_dir(target.parent)
     token = owner_token()
     tmp = _beside_name(target, token, "part")
     link = _register(tmp, token)
     try:
-        os.mkdir(tmp, 0o700)
+        create(tmp)
         yield tmp
         os.chmod(tmp, mode)
-        publish_tree(tmp, target, force)
+        publish(tmp, target, force)
     except OSError as exc:
         _name_output(exc, target)
         raise

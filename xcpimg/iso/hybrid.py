@@ -30,6 +30,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,24 @@ class Ids:
                    uuid.uuid5(_ID_NAMESPACE, f"{volid}/efi"))
 
 
+def volume_descriptors(block: Callable[[int], bytes]) -> tuple[int | None, int | None, int | None]:
+    """Walk the volume descriptor set of an ISO image read through *block* (LBA -> its 2 KiB):
+    (volume size in blocks from the primary descriptor, El Torito boot catalog block, the first
+    block before the set's terminator that holds no volume descriptor). None where absent."""
+    volume_blocks = catalog_lba = None
+    for lba in range(16, 16 + 64):
+        vd = block(lba)
+        if len(vd) < ISO_BLOCK or vd[1:6] != b"CD001":
+            return volume_blocks, catalog_lba, lba
+        if vd[0] == 1 and volume_blocks is None:
+            volume_blocks = struct.unpack_from("<I", vd, 80)[0]
+        elif vd[0] == 0 and vd[7:30] == b"EL TORITO SPECIFICATION":
+            catalog_lba = struct.unpack_from("<I", vd, 71)[0]
+        elif vd[0] == 255:
+            break
+    return volume_blocks, catalog_lba, None
+
+
 def read_boot_info(fp: object) -> BootInfo:
     """Read the volume size and the El Torito BIOS and EFI entries of an ISO image."""
     def block(lba: int, count: int = 1) -> bytes:
@@ -91,17 +110,9 @@ def read_boot_info(fp: object) -> BootInfo:
             raise BuildError(f"ISO image ends before block {lba}")
         return data
 
-    volume_blocks = catalog_lba = None
-    for lba in range(16, 16 + 64):
-        vd = block(lba)
-        if vd[1:6] != b"CD001":
-            raise BuildError(f"not an ISO9660 image (no volume descriptor at block {lba})")
-        if vd[0] == 1:
-            volume_blocks = struct.unpack_from("<I", vd, 80)[0]
-        elif vd[0] == 0 and vd[7:30] == b"EL TORITO SPECIFICATION":
-            catalog_lba = struct.unpack_from("<I", vd, 71)[0]
-        elif vd[0] == 255:
-            break
+    volume_blocks, catalog_lba, not_a_descriptor = volume_descriptors(block)
+    if not_a_descriptor is not None:
+        raise BuildError(f"not an ISO9660 image (no volume descriptor at block {not_a_descriptor})")
     if volume_blocks is None:
         raise BuildError("ISO image has no primary volume descriptor")
     if catalog_lba is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError, UsageError
-from ..iso.hybrid import ISO_BLOCK, SECTOR
+from ..iso.hybrid import ISO_BLOCK, SECTOR, volume_descriptors
 
 PLATFORMS = {0: "bios", 1: "ppc", 2: "mac", 0xEF: "efi"}
 MEDIA = {0: "no-emulation", 1: "1.2M floppy", 2: "1.44M floppy", 3: "2.88M floppy", 4: "hard disk"}
@@ -81,17 +81,7 @@ def _block(f: Any, lba: int, size: int = ISO_BLOCK) -> bytes:
 def read_layout(path: Path) -> Layout:
     """The El Torito entries and the MBR/GPT of the ISO image at *path*."""
     with open(path, "rb") as f:
-        volume_blocks = catalog_lba = None
-        for lba in range(16, 16 + 64):
-            vd = _block(f, lba)
-            if len(vd) < ISO_BLOCK or vd[1:6] != b"CD001":
-                break
-            if vd[0] == 1 and volume_blocks is None:
-                volume_blocks = struct.unpack_from("<I", vd, 80)[0]
-            elif vd[0] == 0 and vd[7:30] == b"EL TORITO SPECIFICATION":
-                catalog_lba = struct.unpack_from("<I", vd, 71)[0]
-            elif vd[0] == 255:
-                break
+        volume_blocks, catalog_lba, _ = volume_descriptors(lambda lba: _block(f, lba))
         if volume_blocks is None:
             raise UsageError(f"{path} is not an ISO image (no primary volume descriptor)")
         layout = Layout(volume_blocks, catalog_lba)

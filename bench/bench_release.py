@@ -50,6 +50,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench_compress import ours, tool  # noqa: E402  (the same compressor runners as bench_compress)
+
 from xcpimg import compress, cpio, debs  # noqa: E402
 from xcpimg.cache import human  # noqa: E402
 from xcpimg.debs import cache_root  # noqa: E402
@@ -313,28 +315,16 @@ def tool_path(name: str, work: Path) -> str:
 
 
 def compressors(work: Path) -> list[tuple[str, str, Callable[[Path, Path], None]]]:
-    def ours(method: str) -> Callable[[Path, Path], None]:
-        def go(src: Path, dst: Path) -> None:
-            with src.open("rb") as fin, dst.open("wb") as fout, compress.open_compressor(fout, method) as c:
-                while block := fin.read(1 << 20):
-                    c.write(block)
-        return go
-
-    def tool(argv: list[str]) -> Callable[[Path, Path], None]:
-        def go(src: Path, dst: Path) -> None:
-            with dst.open("wb") as fout:
-                run([*argv, "-c", str(src)], stdout=fout.fileno(), what=argv[0])
-        return go
     levels = compress.DEFAULT_LEVELS
     return [
-        ("bzip2", f"xcpimg bzip2 -{levels['bzip2']}", ours("bzip2")),
+        ("bzip2", f"xcpimg bzip2 -{levels['bzip2']}", ours("bzip2", levels["bzip2"], None)),
         ("bzip2", "bzip2 -9", tool(["bzip2", "-9"])),
         ("bzip2", "lbzip2 -9", tool([tool_path("lbzip2", work), "-9"])),
-        ("gzip", f"xcpimg gzip -{levels['gzip']}", ours("gzip")),
+        ("gzip", f"xcpimg gzip -{levels['gzip']}", ours("gzip", levels["gzip"], None)),
         ("gzip", "pigz -9", tool([tool_path("pigz", work), "-9", "-n"])),
-        ("xz", f"xcpimg xz -{levels['xz']}", ours("xz")),
+        ("xz", f"xcpimg xz -{levels['xz']}", ours("xz", levels["xz"], None)),
         ("xz", "xz -6 -T0 --check=crc32", tool(["xz", "-6", "-T0", "--check=crc32"])),
-        ("zstd", f"xcpimg zstd -{levels['zstd']}", ours("zstd")),
+        ("zstd", f"xcpimg zstd -{levels['zstd']}", ours("zstd", levels["zstd"], None)),
         ("zstd", "zstd -15 -T0", tool(["zstd", "-15", "-T0", "-q"])),
     ]
 

@@ -17,20 +17,13 @@ from xcpimg import compress
 from xcpimg.fixture_repo import ensure_fixture_repo
 from xcpimg.iso.build import IsoOptions, build_iso
 from xcpimg.layers import resolve
+from xcpimg.media.answerfile import SAMPLE
 from xcpimg.pytest_plugin import shared_build
 from xcpimg.repos import RepoConfig
 
-ANSWERFILE = b"""<?xml version="1.0"?>
-<!-- test answerfile -->
-<installation mode="fresh">
-  <keymap>us</keymap>
-  <primary-disk>sda</primary-disk>
-  <root-password>xcp-ng</root-password>
-  <source type="local"/>
-  <admin-interface name="eth0" proto="dhcp"/>
-  <timezone>Europe/Paris</timezone>
-</installation>
-"""
+#: the sample answerfile with a comment (kept through the root-attribute rewrite, see test_answerfile)
+ANSWERFILE = SAMPLE.replace(b"?>\n", b"?>\n<!-- test answerfile -->\n", 1)
+assert ANSWERFILE != SAMPLE
 
 
 def fixture_iso(tmp_path_factory: pytest.TempPathFactory, probe: Path, spec: str, **kwargs: Any) -> Path:

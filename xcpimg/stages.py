@@ -130,6 +130,13 @@ def clean(text: str) -> str:
     return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
+def _without_benign(line: str) -> str:
+    """*line* without the console noise that looks like an error (BENIGN_PATTERNS)."""
+    for benign in BENIGN_PATTERNS:
+        line = benign.sub("", line)
+    return line
+
+
 def kernel_cmdline(line: str) -> str | None:
     """The dom0 kernel's command line if *line* is its ``Command line:`` report (not Xen's)."""
     found = KERNEL_CMDLINE.match(line.strip())
@@ -272,8 +279,8 @@ class ConsoleWatcher:
             if kernel_line is not None:
                 self.kernel_cmdline = kernel_line
                 self.cmdline = self.cmdline or kernel_line
-        if "installer" in self.reached and (self.installer is None or not self.installer[2]):
-            welcome = INSTALLER_WELCOME.search(line)  # again on the completed line: a chunk may cut it
+        if "installer" in self.reached and self.installer is None:
+            welcome = INSTALLER_WELCOME.search(line)  # whole: _seen waits for the rest of a cut line
             if welcome:
                 self.installer = (welcome.group(1), welcome.group(2), welcome.group(3) or "")
         if not any(s in self.reached for s in STAGES[1:]):
@@ -306,16 +313,13 @@ class ConsoleWatcher:
         return True
 
     def _warn(self, line: str) -> None:
-        for benign in BENIGN_PATTERNS:
-            line = benign.sub("", line)
-        found = GRUB_WARNING.search(line)
+        found = GRUB_WARNING.search(_without_benign(line))
         if found and len(self.warnings) < 50:
             self.warnings.append(shorten(found.group(0)))
 
     @staticmethod
     def _failure_in(line: str, complete: bool, reached: dict[str, float]) -> Failure | None:
-        for benign in BENIGN_PATTERNS:
-            line = benign.sub("", line)
+        line = _without_benign(line)
         for reason, rx, until in (FAILURE_PATTERNS if complete else _PROMPT_FAILURES):
             if until is not None and until in reached:
                 continue

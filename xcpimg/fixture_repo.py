@@ -18,6 +18,7 @@ The tree is built once into ``<cache>/fixture-repo/<hash>``, where the hash cove
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import fnmatch
@@ -448,6 +449,14 @@ def library_sources(fx: Fixtures) -> list[str]:
     return [alias for alias, src in fx.repo.get("debian", {}).items() if src.get("libs")]
 
 
+def _deb_entry(alias: str, root: Path, rel: str) -> FileSpec:
+    """The file or link *rel* of the unpacked deb *alias* (at *root*), at the same path, mode or target."""
+    path = root / rel
+    if path.is_symlink():
+        return FileSpec("/" + rel, "symlink", os.readlink(path))
+    return FileSpec("/" + rel, "debfile", alias, rel, mode=stat.S_IMODE(path.stat().st_mode))
+
+
 def _selected(root: Path, spec: FileSpec) -> list[FileSpec]:
     """The files and links of the unpacked deb *root* that *spec* (kind select) names."""
     out: list[FileSpec] = []
@@ -459,10 +468,7 @@ def _selected(root: Path, spec: FileSpec) -> list[FileSpec]:
             continue
         if any(fnmatch.fnmatchcase(rel, g) for g in spec.exclude):
             continue
-        if path.is_symlink():
-            out.append(FileSpec("/" + rel, "symlink", os.readlink(path)))
-        else:
-            out.append(FileSpec("/" + rel, "debfile", spec.source, rel, mode=stat.S_IMODE(path.stat().st_mode)))
+        out.append(_deb_entry(spec.source, root, rel))
     if not out:
         raise ConfigError(f"fixtures: select {list(spec.include)} of Debian package {spec.source} matches nothing")
     return out
@@ -476,11 +482,11 @@ class _LibraryIndex:
     """Paths of the library packages (alias, relative path), resolving links inside their trees."""
 
     def __init__(self, payloads: _Payloads, aliases: list[str]) -> None:
-        self.roots = [(a, payloads.deb_root(a)) for a in aliases]
+        self.roots = {a: payloads.deb_root(a) for a in aliases}  # in search order
 
     def find(self, path: str) -> tuple[str, str] | None:
         """(alias, relative path) of the first library package holding *path* (file or link)."""
-        for alias, root in self.roots:
+        for alias, root in self.roots.items():
             p = root / path.lstrip("/")
             if p.is_symlink() or p.is_file():
                 return alias, path.lstrip("/")
@@ -496,7 +502,7 @@ class _LibraryIndex:
                                  "(add the package that has it to repo.toml's [debian] with libs = true)")
             out.append(found)
             alias, rel = found
-            p = dict(self.roots)[alias] / rel
+            p = self.roots[alias] / rel
             if not p.is_symlink():
                 return out
             target = os.readlink(p)
@@ -512,39 +518,35 @@ class _LibraryIndex:
 
 
 def library_closure(elf_files: list[Path], index: _LibraryIndex, also: list[str]) -> list[tuple[str, str]]:
-    """(alias, relative path) of every library, link and loader the *elf_files* need, recursively."""
+    """(alias, relative path) of every library, link and loader the *elf_files* need, recursively,
+    plus the ``also`` files (``ALIAS:path``) and their links."""
     wanted: dict[tuple[str, str], None] = {}
-    todo = [(p, f"{p}") for p in elf_files]
     for item in also:
-        alias, _, rel = item.partition(":")
-        for hop in index.chain(rel):
+        for hop in index.chain(item.partition(":")[2]):
             wanted[hop] = None
+    todo = collections.deque((p, str(p)) for p in elf_files)  # breadth first: programs before libraries
     seen: set[str] = set()
     located: dict[str, str] = {}  # library name -> path: the loader reuses a library loaded by name
-    todo.reverse()
     while todo:
-        path, what = todo.pop(0)
+        path, what = todo.popleft()
         dyn = elf.read_dynamic(path)
         if dyn is None:
             continue
-        names = list(dyn.needed)
         paths = [dyn.interpreter] if dyn.interpreter else []
-        for name in names:
+        for name in dyn.needed:
             found = located.get(name) or index.locate(name, dyn.runpath)
-            if found is not None:
-                located[name] = found
             if found is None:
                 raise BuildError(f"fixtures: {what} needs {name}, which none of the `libs` Debian packages has "
                                  "(add the package that has it to repo.toml's [debian] with libs = true)")
+            located[name] = found
             paths.append(found)
         for lib in paths:
-            for hop in index.chain(lib):
-                wanted[hop] = None
-            alias, rel = index.chain(lib)[-1]
-            real = dict(index.roots)[alias] / rel
+            hops = index.chain(lib)
+            wanted.update(dict.fromkeys(hops))
+            alias, rel = hops[-1]
             if rel not in seen:
                 seen.add(rel)
-                todo.append((real, rel))
+                todo.append((index.roots[alias] / rel, rel))
     return sorted(wanted, key=lambda x: x[1])
 
 
@@ -574,12 +576,8 @@ def expand(by_repo: Mapping[str, list[Package]], payloads: _Payloads, lib_aliase
                     files.append(spec)
                     continue
                 index = index or _LibraryIndex(payloads, lib_aliases)
-                for alias, rel in library_closure(elf_files, index, list(spec.include)):
-                    p = payloads.deb_root(alias) / rel
-                    if p.is_symlink():
-                        files.append(FileSpec("/" + rel, "symlink", os.readlink(p)))
-                    else:
-                        files.append(FileSpec("/" + rel, "debfile", alias, rel, mode=stat.S_IMODE(p.stat().st_mode)))
+                files += [_deb_entry(alias, index.roots[alias], rel)
+                          for alias, rel in library_closure(elf_files, index, list(spec.include))]
             out[repo].append(replace(pkg, files=tuple(files)))
     _check_paths(ver, out)
     return out
@@ -760,10 +758,11 @@ def build_tree(dest: Path, fx: Fixtures | None = None, lists: Mapping[str, list[
         payloads = _Payloads(fx, work, deb_versions)
         specs = [s for p in plans.values() for ps in p.values() for pkg in ps for s in pkg.files]
         needed = {s.source for s in specs if s.kind in ("deb", "tree", "select")}
+        lib_aliases = library_sources(fx)
         if any(s.kind == "libs" for s in specs):
-            needed |= set(library_sources(fx))
+            needed |= set(lib_aliases)
         payloads.prepare(needed)
-        plans = {ver: expand(plans[ver], payloads, library_sources(fx), ver) for ver in fx.versions}
+        plans = {ver: expand(plans[ver], payloads, lib_aliases, ver) for ver in fx.versions}
         for ver in fx.versions:
             for generator in sorted({s.source for p in plans[ver].values() for pkg in p for s in pkg.files
                                      if s.kind == "generate"}):

@@ -67,9 +67,13 @@ class MatrixConfig:
         return ":".join([dist, *self.overlays, *([rest] if rest else [])])
 
     @property
+    def base_label(self) -> str:
+        """``SPEC[@flavour]``, as --xcp-config names it (without the overlays)."""
+        return self.spec + ("" if self.flavour == "full" else f"@{self.flavour}")
+
+    @property
     def label(self) -> str:
-        return (self.spec + ("" if self.flavour == "full" else f"@{self.flavour}")
-                + "".join(f"+{Path(o).name}" for o in self.overlays))
+        return self.base_label + "".join(f"+{Path(o).name}" for o in self.overlays)
 
     @property
     def slug(self) -> str:
@@ -153,6 +157,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "expensive: builds install.img (needs root, slow)")
     config.addinivalue_line("markers", "boot: boots media in QEMU")
     overlay_layers(config)  # a layer that does not exist is a usage error before collection
+    report = config.getoption("xcp_report", None)
+    if report and not hasattr(config, "workerinput"):  # the controller (xdist workers report to it)
+        config.pluginmanager.register(ResultsReport(Path(report)), "xcpimg-results-report")
 
 
 def overlay_layers(config: pytest.Config) -> tuple[str, ...]:
@@ -167,8 +174,7 @@ def overlay_layers(config: pytest.Config) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _configs(config: pytest.Config) -> list[MatrixConfig]:
-    overlays = overlay_layers(config)
+def _configs(config: pytest.Config, overlays: tuple[str, ...]) -> list[MatrixConfig]:
     return [MatrixConfig.parse(c, overlays) for c in (config.getoption("xcp_config") or DEFAULT_CONFIGS)]
 
 
@@ -190,8 +196,7 @@ def matrix_modes(cfg: MatrixConfig, chosen: list[str] | None) -> list[str]:
         return chosen
     if cfg.unattended:
         return list(UNATTENDED_BOOT_MODES)
-    plain = MatrixConfig(cfg.spec, cfg.netinstall, cfg.unattended)
-    return list(BOOT_MODES if plain.label in PXE_CONFIGS else DISK_BOOT_MODES)
+    return list(BOOT_MODES if cfg.base_label in PXE_CONFIGS else DISK_BOOT_MODES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -199,9 +204,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     expensive = metafunc.definition.get_closest_marker("expensive") is not None
     explicit = {name for m in metafunc.definition.iter_markers("parametrize")
                 for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
-    configs = _configs(metafunc.config)
+    overlays = overlay_layers(metafunc.config)
+    configs = _configs(metafunc.config, overlays)
     if expensive:
-        wanted = [MatrixConfig.parse(c, overlay_layers(metafunc.config)) for c in EXPENSIVE_CONFIGS]
+        wanted = [MatrixConfig.parse(c, overlays) for c in EXPENSIVE_CONFIGS]
         configs = [c for c in configs if c in wanted] or wanted
     chosen = _boot_modes(metafunc.config)
 
@@ -403,29 +409,28 @@ def need_root(why: str) -> None:
 REPORT_KEYS = ("xcp_config", "boot_mode", "logdir", "iso_sha256", "accel", "boot_s")
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Collect the boot tests' results (with xdist: on the controller, which gets every report)."""
-    props = dict(report.user_properties)
-    if "xcp_config" not in props or (report.when != "call" and report.outcome == "passed"):
-        return
-    results: dict[str, dict[str, object]] = _RESULTS
-    entry = results.setdefault(report.nodeid, {"test": report.nodeid})
-    entry.update({k: props[k] for k in REPORT_KEYS if k in props})
-    entry["stages"] = {k[len("stage_"):-len("_s")]: v for k, v in props.items()
-                       if k.startswith("stage_") and k.endswith("_s")}
-    if report.outcome != "passed" or "outcome" not in entry:
-        entry["outcome"] = report.outcome
-        if report.failed:
-            entry["reason"] = str(report.longrepr).strip().splitlines()[0][:300] if report.longrepr else ""
+class ResultsReport:
+    """--xcp-report: the boot tests' results, written as JSON when the session ends. Registered on
+    the controller only, which gets every test's report (and its recorded properties) from xdist."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.results: dict[str, dict[str, object]] = {}
 
-_RESULTS: dict[str, dict[str, object]] = {}
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "xcp_config" not in props or (report.when != "call" and report.outcome == "passed"):
+            return
+        entry = self.results.setdefault(report.nodeid, {"test": report.nodeid})
+        entry.update({k: props[k] for k in REPORT_KEYS if k in props})
+        entry["stages"] = {k[len("stage_"):-len("_s")]: v for k, v in props.items()
+                           if k.startswith("stage_") and k.endswith("_s")}
+        if report.outcome != "passed" or "outcome" not in entry:
+            entry["outcome"] = report.outcome
+            if report.failed:
+                entry["reason"] = str(report.longrepr).strip().splitlines()[0][:300] if report.longrepr else ""
 
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write --xcp-report (on the controller: xdist workers have their own copy of this module)."""
-    path = session.config.getoption("xcp_report", None)
-    if not path or hasattr(session.config, "workerinput"):  # an xdist worker (not the environment: a
-        return                                                # run started from inside a worker has it too)
-    import json
-    Path(path).write_text(json.dumps(sorted(_RESULTS.values(), key=lambda e: str(e["test"])), indent=1) + "\n")
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        import json
+        self.path.write_text(json.dumps(sorted(self.results.values(), key=lambda e: str(e["test"])), indent=1)
+                             + "\n")

@@ -228,10 +228,9 @@ def efiboot_grub_cfg(layers: Layers, iso_cfg: str, scratch: Path) -> str:
     patch only when that layer comes first in the search path."""
     extra_file = layers.find_optional("efiboot-grub.cfg")
     patch_file = layers.find_optional(EFIBOOT_PATCH)
-    if patch_file is not None:
-        default = extra_file is None or extra_file.parent == configs_dir() / "base"
-        if extra_file is None or default or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent):
-            return apply_patch(patch_file, iso_cfg, scratch)
+    if patch_file is not None and (extra_file is None or extra_file.parent == configs_dir() / "base"
+                                   or layers.dirs.index(patch_file.parent) < layers.dirs.index(extra_file.parent)):
+        return apply_patch(patch_file, iso_cfg, scratch)
     extra = read_layer_text(extra_file) if extra_file else "search --file --set /install.img\n"
     lines = iso_cfg.splitlines(keepends=True)
     for i, line in enumerate(lines):

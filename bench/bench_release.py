@@ -53,11 +53,11 @@ sys.path.insert(0, str(HERE.parent))
 from bench_compress import ours, tool  # noqa: E402  (the same compressor runners as bench_compress)
 
 from xcpimg import compress, cpio, debs  # noqa: E402
-from xcpimg.cache import human  # noqa: E402
 from xcpimg.debs import cache_root  # noqa: E402
 from xcpimg.fixture_repo import _rpmbuild, createrepo, load_fixtures, sign  # noqa: E402
 from xcpimg.fsutil import atomic_tree  # noqa: E402
 from xcpimg.httpserve import TreeServer  # noqa: E402
+from xcpimg.progress import human  # noqa: E402
 from xcpimg.run import run  # noqa: E402
 
 VERSION = "v1"

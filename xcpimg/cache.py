@@ -34,6 +34,7 @@ from .debs import cache_root
 from .errors import BuildError, UsageError
 from .fsutil import atomic_tree, remove_tree, uninterrupted
 from .mirror.repodata import Expect, file_matches
+from .progress import human
 
 log = logging.getLogger("xcpimg.cache")
 
@@ -55,15 +56,6 @@ def parse_size(text: str) -> int:
         raise UsageError(f"invalid size {text!r} (e.g. 500M, 20G)")
     power = " KMGT".index(m.group(2).upper() or " ")
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
-
-
-def human(n: float) -> str:
-    """Bytes as ``12.3 MB``."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 @dataclass(frozen=True)

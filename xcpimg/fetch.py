@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import progress
-from .cache import PackageCache, human, link_or_copy
+from .cache import PackageCache, link_or_copy
 from .errors import BuildError
 from .mirror.repodata import Expect, file_matches, parse_primary, parse_repomd
 from .mirror.transfer import _Http, _Permanent, _Retryable, _Stopped
@@ -47,7 +47,7 @@ class FetchStats:
     paths: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.downloaded} downloaded ({human(self.downloaded_bytes)}), {self.cached} from the "
+        return (f"{self.downloaded} downloaded ({progress.human(self.downloaded_bytes)}), {self.cached} from the "
                 f"package cache, {self.local} copied from local repositories")
 
 

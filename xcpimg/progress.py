@@ -17,6 +17,15 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 
+def human(n: float) -> str:
+    """Bytes as ``12.3 MB`` (decimal units, as the bars show them)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def enabled() -> bool:
     """Whether progress is shown: stderr is a terminal."""
     return sys.stderr.isatty()

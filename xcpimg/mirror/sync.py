@@ -66,7 +66,7 @@ class MirrorStats:
     def summary(self) -> str:
         verb = "would fetch" if self.dry_run else "fetched"
         dverb = "would delete" if self.dry_run else "deleted"
-        text = (f"{verb} {self.fetched} files ({_human(self.bytes)}), {dverb} {self.deleted}, "
+        text = (f"{verb} {self.fetched} files ({progress_display.human(self.bytes)}), {dverb} {self.deleted}, "
                 f"skipped {self.skipped} unchanged, excluded {self.excluded}")
         if self.corrupt:
             text += f", {len(self.corrupt)} corrupt ({'reported' if self.dry_run else 'fetched again'})"
@@ -81,14 +81,6 @@ class MirrorError(XcpimgError):
     def __init__(self, message: str, stats: MirrorStats) -> None:
         super().__init__(message)
         self.stats = stats
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 class _Progress:
@@ -109,7 +101,8 @@ class _Progress:
         with self._lock:
             self.nbytes += n
             rate = self.nbytes / max(time.monotonic() - self._t0, 1e-3)
-            self._bar.set_postfix_str(f"{_human(self.nbytes)}  {_human(rate)}/s", refresh=False)
+            human = progress_display.human
+            self._bar.set_postfix_str(f"{human(self.nbytes)}  {human(rate)}/s", refresh=False)
 
     def file_done(self) -> None:
         with self._lock:

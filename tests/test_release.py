@@ -120,10 +120,10 @@ def test_failed_build_leaves_nothing(fx: FixtureRepo, probe_initrd: Path, tmp_pa
 @pytest.mark.boot
 def test_boot_results_recorded(fx: FixtureRepo, probe_initrd: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from xcpimg import boot
     from xcpimg.media import release as rel
-    from xcpimg.media import vm
     from xcpimg.repos import RepoConfig
-    monkeypatch.setattr(vm, "BOOT_MODES", ("bios-cd",))
+    monkeypatch.setattr(boot, "BOOT_MODES", ("bios-cd",))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", SDE)
     out = tmp_path / "booted"
     manifest = rel.build_release(rel.ReleaseOptions(

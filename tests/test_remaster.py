@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mediakit import ANSWERFILE, assert_one_line_error, cli, diff_json, fixture_iso, inspect_json
 
-from xcpimg.media.vm import boot_in_mode
+from xcpimg.boot import boot_in_mode
 from xcpimg.run import run
 
 BOOTARG = "xcpimg.remaster=1"

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from .boot import DISK_BOOT_MODES, boot, boot_mode
+from .boot import DISK_BOOT_MODES, boot_in_mode, boot_mode
 from .errors import BootError, UsageError
 from .fixture_repo import ensure_fixture_repo
 from .layers import resolve
@@ -84,10 +84,8 @@ def command(args: argparse.Namespace) -> int:
     print("4. boot in QEMU", flush=True)
     failed = 0
     for mode in modes:
-        bm = boot_mode(mode)
         try:
-            result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=outdir / f"boot-{mode}",
-                          no_eltorito=bm.no_eltorito)
+            result = boot_in_mode(iso, mode, outdir / f"boot-{mode}", until)
         except BootError as exc:
             failed += 1
             print(f"  {mode:9} FAILED: {exc}", flush=True)

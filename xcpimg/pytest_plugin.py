@@ -351,9 +351,8 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
     *record* (pytest's ``record_property``) receives the ISO's sha256, the accel and the
     seconds to each stage reached, for ``--junitxml`` reports, whether the boot succeeds or not.
     """
-    from .boot import BootFailure, boot, boot_mode
+    from .boot import BootFailure, boot_in_mode
     from .errors import BootError
-    bm = boot_mode(mode)
     where = logdir / f"{label}-{mode}"
     if record:
         record("xcp_config", cfg.label)
@@ -361,8 +360,7 @@ def boot_and_check(iso: Path, mode: str, cfg: MatrixConfig, logdir: Path, label:
         record("logdir", str(where))
         record("iso_sha256", file_sha256(iso))
     try:
-        result = boot(iso, firmware=bm.firmware, media=bm.media, until=until, logdir=where,
-                      no_eltorito=bm.no_eltorito)
+        result = boot_in_mode(iso, mode, where, until)
     except BootError as exc:
         if record and isinstance(exc, BootFailure):
             _record_stages(record, exc.result)

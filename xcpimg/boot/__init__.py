@@ -8,15 +8,15 @@ guest really runs under it, otherwise TCG. Modules, one per concern:
 - ``media``: the media and boot modes, each medium's QEMU arguments;
 - ``process``: QEMU processes that die with us;  ``screen``: PNG and VGA text;
 - ``machine``: one VM (command line, console, QMP, screendump);
-- ``watch``: the watch loop and its per-stage budgets;  ``session``: ``boot()``;
+- ``watch``: the watch loop and its per-stage budgets;  ``session``: ``boot()``, ``boot_in_mode()``;
 - ``cli``: ``xcpimg boot``.
 """
 
 from __future__ import annotations
 
 from .media import BOOT_MODES, DISK_BOOT_MODES, PXE_BOOT_MODES, BootMode, boot_mode
-from .session import boot
+from .session import boot, boot_in_mode
 from .watch import BootFailure, BootResult
 
 __all__ = ["BOOT_MODES", "DISK_BOOT_MODES", "PXE_BOOT_MODES", "BootFailure", "BootMode", "BootResult",
-           "boot", "boot_mode"]
+           "boot", "boot_in_mode", "boot_mode"]

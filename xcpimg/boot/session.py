@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import BootError, UsageError
 from ..fsutil import private_tempdir
@@ -19,7 +20,7 @@ from ..stages import STAGES
 from .accel import choose_accel
 from .firmware import FIRMWARES
 from .machine import DEFAULT_MEMORY, Machine, MachineConfig
-from .media import medium_kind, prepare_medium
+from .media import boot_mode, medium_kind, prepare_medium
 from .watch import BootResult, stage_budgets, watch
 
 #: Smallest guest memory accepted (MiB).
@@ -88,3 +89,12 @@ def boot(source: Path, firmware: str, media: str, until: str = "init", timeout: 
         machine = stack.enter_context(Machine(cfg, logdir))
         return watch(machine, until, stage_budgets(accel, medium.payload_bytes), on_stage, cap=timeout)
     raise AssertionError("unreachable")
+
+
+def boot_in_mode(source: Path, mode: str, logdir: Path | None = None, until: str = "init",
+                 **options: Any) -> BootResult:
+    """boot() in a matrix mode (``bios-cd``, ``uefi-usb``, ``bios-pxe``...: see boot_mode()).
+    *options* are boot()'s keyword options."""
+    bm = boot_mode(mode)
+    return boot(source, firmware=bm.firmware, media=bm.media, until=until, logdir=logdir,
+                no_eltorito=bm.no_eltorito, **options)

@@ -183,10 +183,10 @@ def boot_unattended(iso: Path, mode: str, logdir: Path | None = None, root: str 
 
     ``init`` suits the probe initrd (it reports before its marker); an install.img whose
     installer reports the answerfile on its first screen needs the stage that waits for it.
-    Raises BootError when the boot itself fails. For the pytest plugin's unattended
-    matrix configuration.
+    Raises BootError when the boot itself fails. (The matrix's unattended configuration
+    boots through the plugin's boot_and_check, which applies check_unattended too.)
     """
-    from .vm import boot_in_mode
+    from ..boot import boot_in_mode
     result = boot_in_mode(iso, mode, logdir, until)
     console = Path(result.serial_log).read_text(errors="replace")
     return check_unattended(console, result.cmdline, root)

@@ -180,8 +180,8 @@ def boot_all(staging: Path, media: list[dict[str, Any]]) -> None:
     are kept (and named in the manifest) only when a boot fails."""
     import tempfile
 
+    from ..boot import BOOT_MODES, boot_in_mode
     from ..fsutil import remove_tree
-    from .vm import BOOT_MODES, boot_in_mode
     logdir = Path(tempfile.mkdtemp(prefix="xcpimg-release-boot-"))
     failed = []
     for entry in media:
